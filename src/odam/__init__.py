@@ -1,0 +1,27 @@
+"""odam: explain each prediction of an object detector with its own heat map (ODAM, ICLR 2023).
+
+Example:
+    >>> import torch, torchvision, odam
+    >>> model = torchvision.models.detection.fcos_resnet50_fpn(
+    ...     weights=None, weights_backbone=None, num_classes=3, score_thresh=0.0,
+    ...     detections_per_img=1, min_size=64, max_size=64)
+    >>> odam.ODAM(model).explain(torch.rand(3, 48, 64)).maps.shape
+    torch.Size([1, 1, 48, 64])
+"""
+
+from odam._image import load_image
+from odam.detectors import DetectorAdapter, wrap_detector
+from odam.explainers import ODAM
+from odam.structures import TARGETS, Detections, Explanation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ODAM",
+    "TARGETS",
+    "DetectorAdapter",
+    "Detections",
+    "Explanation",
+    "load_image",
+    "wrap_detector",
+]

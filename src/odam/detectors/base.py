@@ -1,0 +1,249 @@
+"""The contract between detector adapters and explainers.
+
+An adapter runs the user's detector once and returns a :class:`Trace`: the detections, and for any subset of
+them a differentiable graph from *feature tensors* to their attributes (score and box edges). Explainers only
+see this contract, so a new model family needs a new adapter and nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from odam._image import load_image
+from odam.structures import TARGETS, Detections
+
+ImageLike = object  # a Tensor[3, H, W], PIL image, HxWx3 uint8 array or path; see odam.load_image
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the model saw the image: ``original`` (H, W) was resized to ``resized`` and zero-padded to ``padded``."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    padded: tuple[int, int]
+
+    def to_model(self, boxes: Tensor) -> Tensor:
+        """Boxes (``Tensor[K, 4]``) from original-image pixels to the model's resized-image pixels."""
+        sy = self.resized[0] / self.original[0]
+        sx = self.resized[1] / self.original[1]
+        return boxes * boxes.new_tensor([sx, sy, sx, sy])
+
+
+class FeatureGroup(abc.ABC):
+    """Detections whose attributes are differentiated with respect to the same tensor ``input``.
+
+    ``input`` is a leaf tensor with ``requires_grad``. Detection ``k`` of the group uses row ``rows[k]`` of it.
+    When ``rowwise`` is true, row ``r`` of ``input`` influences only the detection that uses row ``r``, so one
+    backward pass of a sum yields every detection's gradient. The *explained map* ``A`` may differ from
+    ``input``: :meth:`pullback` carries a gradient from ``input`` to ``A`` (e.g. the adjoint of RoIAlign).
+    """
+
+    input: Tensor
+    rows: Tensor
+    rowwise: bool = False
+
+    @abc.abstractmethod
+    def features(self, rows: Tensor) -> Tensor:
+        """The explained feature map ``A`` for these rows: ``Tensor[B or 1, C, h, w]``, detached."""
+
+    def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
+        """Gradients w.r.t. ``A`` (``Tensor[B, C, h, w]``) from gradients w.r.t. ``input[rows]``."""
+        return grads
+
+    @abc.abstractmethod
+    def cells(self, boxes: Tensor, rows: Tensor) -> Tensor:
+        """``Tensor[B]``: the geometric-mean size of each box (original pixels) in cells of ``A``."""
+
+    @abc.abstractmethod
+    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
+        """Place maps on ``A``'s grid (``Tensor[B, h, w]``) onto the original image: ``Tensor[B, H, W]``."""
+
+
+class MapGroup(FeatureGroup):
+    """A whole feature map ``[1, C, h, w]`` covering the padded model input with a power-of-two stride.
+
+    A map cell ``j`` is taken to be centred on model-input pixel ``(j + 0.5) * stride - 0.5`` (the convention
+    of ``F.interpolate(..., align_corners=False)``).
+    """
+
+    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, explained: Tensor | None = None,
+                 rowwise: bool = False) -> None:
+        self.input = input
+        self.rows = rows
+        self.rowwise = rowwise
+        self.geometry = geometry
+        self._explained = input if explained is None else explained
+        h, w = self._explained.shape[-2:]
+        self.stride = (_infer_stride(geometry.padded[0], h), _infer_stride(geometry.padded[1], w))
+
+    def features(self, rows: Tensor) -> Tensor:
+        return self._explained.detach()[:1]
+
+    def cells(self, boxes: Tensor, rows: Tensor) -> Tensor:
+        b = self.geometry.to_model(boxes)
+        return torch.sqrt((b[:, 2] - b[:, 0]).clamp_min(0) / self.stride[1]
+                          * (b[:, 3] - b[:, 1]).clamp_min(0) / self.stride[0])
+
+    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
+        g = self.geometry
+        h, w = maps.shape[-2:]
+        H, W = g.original
+        # original pixel centre -> resized pixel centre -> normalised coordinate on the map's grid
+        ys = (torch.arange(H, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[0] / H)
+        xs = (torch.arange(W, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[1] / W)
+        gy = 2 * ys / (self.stride[0] * h) - 1
+        gx = 2 * xs / (self.stride[1] * w) - 1
+        grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
+        grid = grid.expand(maps.shape[0], H, W, 2)
+        return F.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)[:, 0]
+
+
+def _infer_stride(padded: int, size: int) -> float:
+    return float(2 ** round(math.log2(padded / size)))
+
+
+@dataclass
+class Trace:
+    """One forward pass of a detector on one image.
+
+    Attributes:
+        detections: what the detector returns with its own thresholds, with provenance.
+        geometry: how the model resized the image.
+    """
+
+    detections: Detections
+    geometry: Geometry
+    _adapter: DetectorAdapter
+    _state: dict
+
+    def graph(self, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+        """Differentiable attributes of ``detections`` (which must carry provenance).
+
+        Returns:
+            ``(Y, groups, group_of)``: ``Y`` is ``Tensor[K, 5]`` with columns :data:`odam.TARGETS`;
+            ``groups`` the feature groups; ``group_of`` (``Tensor[K]``) the group of each detection, whose
+            ``rows`` lists, in order, the row each of its detections uses.
+        """
+        if not detections.has_provenance:
+            raise ValueError(
+                "detections must come from detect() (they record the feature level and index they came from)"
+            )
+        return self._adapter._graph(self, detections)
+
+
+class DetectorAdapter(abc.ABC):
+    """A detector behind one interface: :meth:`detect` and :meth:`trace`.
+
+    The wrapped model is borrowed: every call leaves its hooks, train/eval modes and ``requires_grad`` flags
+    as they were, also when it raises.
+    """
+
+    #: Attribute names this adapter can explain.
+    targets: tuple[str, ...] = TARGETS
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def detect(self, image: ImageLike) -> Detections:
+        """Detect objects in one image; boxes are in pixels of ``image``.
+
+        Example:
+            >>> import torch, torchvision, odam
+            >>> model = torchvision.models.detection.fcos_resnet50_fpn(
+            ...     weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
+            >>> dets = odam.wrap_detector(model).detect(torch.rand(3, 48, 64))
+            >>> dets.boxes.shape[-1]
+            4
+        """
+        return self.trace(image).detections
+
+    def trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
+        """Run the detector once and keep what explainers need. ``layer`` picks the explained feature map."""
+        x = load_image(image).to(self.device)
+        with borrowed(self.model):
+            self.model.eval()
+            return self._trace(x, layer)
+
+    @abc.abstractmethod
+    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace: ...
+
+    @abc.abstractmethod
+    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...
+
+
+@contextmanager
+def borrowed(model: nn.Module) -> Iterator[None]:
+    """Restore ``model``'s train/eval modes, ``requires_grad`` flags and hooks on exit, also after an exception."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                  "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+    hooks = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in hook_dicts
+             if hasattr(m, name)]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, name, saved in hooks:
+            current = getattr(m, name)
+            current.clear()
+            current.update(saved)
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
+    """Find ``layer`` (a dotted module name or a module) inside ``model``; ``ValueError`` if it is not there."""
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError(f"layer {type(layer).__name__} is not a module of this model")
+        return layer
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"model has no module named {layer!r}") from None
+    raise ValueError(f"layer must be a module name or nn.Module, got {type(layer).__name__}")
+
+
+@contextmanager
+def leaf_hook(module: nn.Module) -> Iterator[list]:
+    """Make ``module``'s output a fresh leaf that requires grad; the leaves are collected in the yielded list.
+
+    Detaching there keeps the backward pass to the part of the network after ``module``.
+    """
+    captured: list = []
+
+    def hook(_m: nn.Module, _inputs: object, output: object) -> object:
+        if isinstance(output, Tensor):
+            leaf = output.detach().requires_grad_(True)
+            captured.append(leaf)
+            return leaf
+        if isinstance(output, dict) and all(isinstance(v, Tensor) for v in output.values()):
+            leaves = type(output)((k, v.detach().requires_grad_(True)) for k, v in output.items())
+            captured.append(leaves)
+            return leaves
+        raise ValueError(
+            f"layer {type(_m).__name__} returns {type(output).__name__}; pick a module that returns a tensor"
+        )
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()

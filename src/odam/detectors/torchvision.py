@@ -1,0 +1,315 @@
+"""Adapters for torchvision's detectors: FCOS and RetinaNet (one-stage), Faster and Mask R-CNN (two-stage).
+
+The detection pass re-runs the model's own parts (``transform``, ``backbone``, ``head``/``rpn``/``roi_heads``)
+with the same post-processing code paths as torchvision, but records for each detection the anchor (or RoI)
+and feature level it came from. ``detect`` therefore returns exactly what the model returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import roi_align
+
+from odam.detectors.base import (
+    DetectorAdapter,
+    FeatureGroup,
+    Geometry,
+    MapGroup,
+    Trace,
+    leaf_hook,
+    resolve_layer,
+)
+from odam.structures import Detections
+
+
+def _edges(boxes: Tensor, geometry: Geometry) -> Tensor:
+    """``Tensor[K, 4]`` signed edges (-x1, -y1, x2, y2) in original pixels from model-input boxes."""
+    boxes = resize_boxes(boxes, geometry.resized, geometry.original)
+    return boxes * boxes.new_tensor([-1.0, -1.0, 1.0, 1.0])
+
+
+def _prepare(model: nn.Module, image: Tensor) -> tuple[Tensor, Geometry]:
+    images, _ = model.transform([image])
+    geometry = Geometry(
+        original=(int(image.shape[-2]), int(image.shape[-1])),
+        resized=tuple(int(s) for s in images.image_sizes[0]),
+        padded=(int(images.tensors.shape[-2]), int(images.tensors.shape[-1])),
+    )
+    return images, geometry
+
+
+def _run_backbone(model: nn.Module, tensors: Tensor, layer: str | nn.Module | None
+                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Backbone features by level name, and the leaves (by name) that gradients are taken with respect to.
+
+    Without ``layer`` the backbone runs without a graph and each output level becomes a leaf.
+    """
+    if layer is None:
+        with torch.no_grad():
+            feats = _as_dict(model.backbone(tensors))
+        leaves = {k: f.detach().requires_grad_(True) for k, f in feats.items()}
+        return leaves, leaves
+    module = resolve_layer(model, layer)
+    with leaf_hook(module) as captured, torch.enable_grad():
+        feats = _as_dict(model.backbone(tensors))
+    if not captured:
+        raise ValueError(f"layer {layer!r} is not used by the backbone of this detector")
+    leaf = captured[-1]
+    return feats, (dict(leaf) if isinstance(leaf, dict) else {"": leaf})
+
+
+def _as_dict(feats: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+    return {"0": feats} if isinstance(feats, Tensor) else dict(feats)
+
+
+def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, level_names: list[str]
+                 ) -> tuple[list[FeatureGroup], Tensor]:
+    """One :class:`MapGroup` per leaf. With one leaf per level, each detection goes to its own level's leaf."""
+    if len(leaves) == 1:
+        chosen, group_of = list(leaves.values()), torch.zeros_like(levels)
+    elif all(n in leaves for n in level_names):
+        chosen, group_of = [leaves[n] for n in level_names], levels.clone()
+    else:
+        raise ValueError(
+            f"the chosen layer returns maps {sorted(leaves)} but the detector's levels are {level_names};"
+            " pick a module that returns one tensor or one map per level"
+        )
+    groups: list[FeatureGroup] = []
+    for g, leaf in enumerate(chosen):
+        rows = torch.zeros(int((group_of == g).sum()), dtype=torch.int64, device=levels.device)
+        groups.append(MapGroup(leaf, rows, geometry))
+    return groups, group_of
+
+
+class OneStageAdapter(DetectorAdapter):
+    """FCOS and RetinaNet (and their ``_v2`` variants)."""
+
+    def __init__(self, model: FCOS | RetinaNet) -> None:
+        super().__init__(model)
+        self.is_fcos = isinstance(model, FCOS)
+
+    def _head(self, features: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Head outputs split per level; each ``[HWA, K]`` for the single image."""
+        out = self.model.head(features)
+        sizes = [f.shape[-2] * f.shape[-1] for f in features]
+        a = out["cls_logits"].shape[1] // sum(sizes)
+        sizes = [s * a for s in sizes]
+        split = {k: v[0].split(sizes) for k, v in out.items()}
+        return [{k: split[k][i] for k in split} for i in range(len(features))]
+
+    def _scores(self, level: dict[str, Tensor]) -> Tensor:
+        if self.is_fcos:
+            return torch.sqrt(torch.sigmoid(level["cls_logits"]) * torch.sigmoid(level["bbox_ctrness"]))
+        return torch.sigmoid(level["cls_logits"])
+
+    def _decode(self, regression: Tensor, anchors: Tensor) -> Tensor:
+        if self.is_fcos:
+            return self.model.box_coder.decode(regression, anchors)
+        return self.model.box_coder.decode_single(regression, anchors)
+
+    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+        m = self.model
+        images, geometry = _prepare(m, image)
+        if isinstance(layer, str) and layer in ("fpn", "roi"):
+            if layer == "roi":
+                raise ValueError(f"layer 'roi' needs a two-stage detector, got {type(m).__name__}")
+            layer = None
+        feats, leaves = _run_backbone(m, images.tensors, layer)
+        features = list(feats.values())
+        with torch.no_grad():
+            levels_out = self._head(features)
+            anchors = m.anchor_generator(images, features)[0]
+            anchors = anchors.split([lv["cls_logits"].shape[0] for lv in levels_out])
+            boxes, scores, labels, lvl, idx = [], [], [], [], []
+            for li, (out, anc) in enumerate(zip(levels_out, anchors)):
+                num_classes = out["cls_logits"].shape[-1]
+                s = self._scores(out).flatten()
+                keep = s > m.score_thresh
+                s = s[keep]
+                topk_idxs = torch.where(keep)[0]
+                num_topk = det_utils._topk_min(topk_idxs, m.topk_candidates, 0)
+                s, order = s.topk(num_topk)
+                topk_idxs = topk_idxs[order]
+                anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
+                b = self._decode(out["bbox_regression"][anchor_idxs], anc[anchor_idxs])
+                boxes.append(box_ops.clip_boxes_to_image(b, geometry.resized))
+                scores.append(s)
+                labels.append(topk_idxs % num_classes)
+                lvl.append(torch.full_like(anchor_idxs, li))
+                idx.append(anchor_idxs)
+            boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+            keep = box_ops.batched_nms(boxes, scores, labels, m.nms_thresh)[: m.detections_per_img]
+            dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
+                              labels[keep], torch.cat(lvl)[keep], torch.cat(idx)[keep])
+        state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors}
+        return Trace(dets, geometry, self, state)
+
+    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+        st = trace._state
+        features, anchors = st["features"], st["anchors"]
+        levels, indices, labels = detections.levels, detections.indices, detections.labels
+        if len(levels) and int(levels.max()) >= len(features):
+            raise ValueError(f"detection level out of range: this detector has {len(features)} levels")
+        with torch.enable_grad():
+            levels_out = self._head(features)
+            rows = []
+            for li, out in enumerate(levels_out):
+                sel = levels == li
+                if not bool(sel.any()):
+                    continue
+                a, c = indices[sel], labels[sel]
+                if int(a.max()) >= out["cls_logits"].shape[0]:
+                    raise ValueError(f"detection index out of range on level {li}")
+                score = self._scores({k: v[a] for k, v in out.items()}).gather(1, c[:, None])[:, 0]
+                box = self._decode(out["bbox_regression"][a], anchors[li][a])
+                box = box_ops.clip_boxes_to_image(box, trace.geometry.resized)
+                rows.append((torch.where(sel)[0], torch.cat([score[:, None], _edges(box, trace.geometry)], 1)))
+            order = torch.cat([r[0] for r in rows])
+            y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
+        groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"])
+        return y, groups, group_of
+
+
+class RoIGroup(FeatureGroup):
+    """RoI-pooled features ``[K, C, 7, 7]``, one row per detection, explained on their own grid.
+
+    Maps are pasted into the proposal box the features were pooled from.
+    """
+
+    rowwise = True
+
+    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry) -> None:
+        self.input, self.rows, self.proposals, self.geometry = input, rows, proposals, geometry
+
+    def features(self, rows: Tensor) -> Tensor:
+        return self.input.detach()[rows]
+
+    def cells(self, boxes: Tensor, rows: Tensor) -> Tensor:
+        return torch.full((len(rows),), float(self.input.shape[-1]), device=boxes.device)
+
+    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
+        g = self.geometry
+        H, W = g.original
+        box = self.proposals[rows]  # model-input pixels
+        ys = (torch.arange(H, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[0] / H)
+        xs = (torch.arange(W, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[1] / W)
+        gx = 2 * (xs[None] - box[:, 0:1]) / (box[:, 2:3] - box[:, 0:1]).clamp_min(1e-6) - 1  # [B, W]
+        gy = 2 * (ys[None] - box[:, 1:2]) / (box[:, 3:4] - box[:, 1:2]).clamp_min(1e-6) - 1  # [B, H]
+        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+        return torch.nn.functional.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="zeros",
+                                               align_corners=False)[:, 0]
+
+
+class RoILevelGroup(MapGroup):
+    """RoI-pooled rows of one FPN level, explained on that level's map through the adjoint of RoIAlign."""
+
+    rowwise = True
+
+    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, rois: Tensor,
+                 spatial_scale: float, sampling_ratio: int) -> None:
+        super().__init__(input, rows, geometry, explained=level_map, rowwise=True)
+        self.rois, self.spatial_scale, self.sampling_ratio = rois, spatial_scale, sampling_ratio
+
+    def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
+        _, c, h, w = self._explained.shape
+        rois = self.rois[rows].clone()
+        rois[:, 0] = torch.arange(len(rows), dtype=rois.dtype, device=rois.device)
+        ph, pw = grads.shape[-2:]
+        return torch.ops.torchvision._roi_align_backward(
+            grads.contiguous(), rois, self.spatial_scale, ph, pw, len(rows), c, h, w, self.sampling_ratio, False
+        )
+
+
+class TwoStageAdapter(DetectorAdapter):
+    """Faster R-CNN and Mask R-CNN (and their ``_v2`` variants). Masks are not explained.
+
+    ``layer=None`` (or ``"fpn"``) explains each detection on the FPN level its RoI was pooled from;
+    ``layer="roi"`` explains it on its own RoI-pooled features.
+    """
+
+    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+        m = self.model
+        rh = m.roi_heads
+        images, geometry = _prepare(m, image)
+        mode = layer if isinstance(layer, str) and layer in ("roi", "fpn") else "module"
+        if layer is None:
+            mode = "fpn"
+        feats, leaves = _run_backbone(m, images.tensors, None if mode != "module" else layer)
+        with torch.no_grad():
+            proposals = m.rpn(images, feats)[0][0]
+            pooled = rh.box_roi_pool(feats, [proposals], images.image_sizes)
+            class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
+            num_classes = class_logits.shape[-1]
+            boxes = rh.box_coder.decode(box_regression, [proposals])
+            boxes = box_ops.clip_boxes_to_image(boxes, geometry.resized)
+            scores = torch.softmax(class_logits, -1)
+            labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(scores)
+            roi_idx = torch.arange(len(proposals), device=scores.device).view(-1, 1).expand_as(scores)
+            boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+            labels, roi_idx = labels[:, 1:].reshape(-1), roi_idx[:, 1:].reshape(-1)
+            inds = torch.where(scores > rh.score_thresh)[0]
+            boxes, scores, labels, roi_idx = boxes[inds], scores[inds], labels[inds], roi_idx[inds]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels, roi_idx = boxes[keep], scores[keep], labels[keep], roi_idx[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, rh.nms_thresh)[: rh.detections_per_img]
+            roi_idx = roi_idx[keep]
+            dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
+                              labels[keep], self._roi_levels(proposals)[roi_idx], roi_idx)
+        state = {"features": feats, "leaves": leaves, "proposals": proposals, "mode": mode,
+                 "image_sizes": images.image_sizes}
+        return Trace(dets, geometry, self, state)
+
+    def _roi_levels(self, boxes: Tensor) -> Tensor:
+        pool = self.model.roi_heads.box_roi_pool
+        if len(pool.featmap_names) == 1:
+            return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        return pool.map_levels([boxes])
+
+    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+        st = trace._state
+        geometry, rh = trace.geometry, self.model.roi_heads
+        pool, proposals = rh.box_roi_pool, st["proposals"]
+        names = list(pool.featmap_names)
+        if len(detections) and int(detections.indices.max()) >= len(proposals):
+            raise ValueError(f"detection index out of range: this image has {len(proposals)} proposals")
+        props = proposals[detections.indices]
+        levels = self._roi_levels(props)
+        with torch.enable_grad():
+            if st["mode"] == "module":
+                x = pool(st["features"], [props], st["image_sizes"])
+                groups, group_of = _leaf_groups(st["leaves"], levels, geometry, names)
+            else:
+                # Pool each RoI from its level without a graph: the pooled rows are the leaves, and since
+                # the box head treats rows independently one backward pass serves every detection.
+                groups, group_of, parts = [], torch.empty_like(levels), []
+                for li, name in enumerate(names):
+                    sel = torch.where(levels == li)[0]
+                    if len(sel) == 0:
+                        continue
+                    rois = torch.cat([torch.zeros_like(props[sel, :1]), props[sel]], 1)
+                    level_map = st["features"][name].detach()
+                    leaf = roi_align(level_map, rois, pool.output_size, pool.scales[li], pool.sampling_ratio)
+                    leaf.requires_grad_(True)
+                    rows = torch.arange(len(sel), device=sel.device)
+                    if st["mode"] == "roi":
+                        groups.append(RoIGroup(leaf, rows, props[sel], geometry))
+                    else:
+                        groups.append(RoILevelGroup(leaf, rows, geometry, level_map, rois, pool.scales[li],
+                                                    pool.sampling_ratio))
+                    group_of[sel] = len(groups) - 1
+                    parts.append((sel, leaf))
+                order = torch.cat([p[0] for p in parts])
+                x = torch.cat([p[1] for p in parts])[torch.argsort(order)]
+            class_logits, box_regression = rh.box_predictor(rh.box_head(x))
+            k = torch.arange(len(props), device=props.device)
+            score = torch.softmax(class_logits, -1)[k, detections.labels]
+            reg = box_regression.reshape(len(props), -1, 4)[k, detections.labels]
+            box = rh.box_coder.decode_single(reg, props)
+            box = box_ops.clip_boxes_to_image(box, geometry.resized)
+            y = torch.cat([score[:, None], _edges(box, geometry)], 1)
+        return y, groups, group_of

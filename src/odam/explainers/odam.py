@@ -1,0 +1,206 @@
+"""ODAM: instance-specific heat maps from gradients of each predicted attribute (paper Sec. 3.1, Eq. 2).
+
+For detection ``p`` and attribute ``Y`` (its score or a box edge) with feature map ``A``::
+
+    H = act( sum_k  Phi( s * dY/dA_k ) * A_k )
+
+``s`` is +1 (``gradient="positive"``: what raises ``Y``) or -1 (``"negative"``: what lowers it), ``Phi`` a
+Gaussian smoothing of each channel of the gradient whose width adapts to the predicted box, and ``act`` ReLU
+(the paper's choice), identity or absolute value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from odam.detectors import DetectorAdapter, wrap_detector
+from odam.detectors.base import FeatureGroup, borrowed
+from odam.structures import TARGETS, Detections, Explanation
+
+#: ``smoothing="adaptive"``: sigma = max(MIN_SIGMA, ADAPTIVE_RATIO * sqrt(box_w * box_h)), box size in cells
+#: of the explained feature map. A 100x250-pixel person on FPN level P3 (stride 8) gets sigma = 2.5 cells.
+ADAPTIVE_RATIO = 0.125
+MIN_SIGMA = 0.5
+
+_GRADIENTS = ("positive", "negative")
+_ACTIVATIONS = ("relu", "none", "abs")
+_DEFAULT_MEMORY = 1 << 30
+
+
+class ODAM:
+    """Object Detector Activation Maps: one heat map per detection and per explained attribute.
+
+    Args:
+        detector: a torchvision detector (see :func:`odam.wrap_detector`) or an adapter.
+        smoothing: ``"adaptive"`` (Gaussian whose sigma grows with the box, see :data:`ADAPTIVE_RATIO`),
+            a float (a fixed sigma in cells of the feature map), a callable mapping box sizes in cells
+            (``Tensor[B]``) to sigmas (``Tensor[B]``), or ``None`` for no smoothing.
+        gradient: ``"positive"`` explains what increases the attribute, ``"negative"`` what decreases it.
+        activation: ``"relu"`` (the paper), ``"none"`` or ``"abs"``.
+        batch_size: how many (detection, attribute) gradients to compute at once; ``None`` picks it from
+            a 1 GiB memory budget.
+        layer: the explained feature map. ``None`` (or ``"fpn"``) is the FPN level that produced each
+            detection; ``"roi"`` the RoI-pooled features of a two-stage detector; or any module of the model
+            (object or dotted name such as ``"backbone.body.layer3"``).
+
+    Example:
+        >>> import torch, torchvision, odam
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <...>
+        >>> model = torchvision.models.detection.fcos_resnet50_fpn(
+        ...     weights=None, weights_backbone=None, num_classes=3, score_thresh=0.0,
+        ...     detections_per_img=2, min_size=64, max_size=64)
+        >>> explanation = odam.ODAM(model).explain(torch.rand(3, 48, 64), targets=("score", "left"))
+        >>> tuple(explanation.maps.shape)
+        (2, 2, 48, 64)
+    """
+
+    def __init__(
+        self,
+        detector: nn.Module | DetectorAdapter,
+        *,
+        smoothing: str | float | Callable[[Tensor], Tensor] | None = "adaptive",
+        gradient: str = "positive",
+        activation: str = "relu",
+        batch_size: int | None = None,
+        layer: str | nn.Module | None = None,
+    ) -> None:
+        if not (smoothing is None or smoothing == "adaptive" or callable(smoothing)
+                or (isinstance(smoothing, (int, float)) and smoothing > 0)):
+            raise ValueError(f"smoothing must be 'adaptive', a positive float, a callable or None, got {smoothing!r}")
+        if gradient not in _GRADIENTS:
+            raise ValueError(f"gradient must be one of {_GRADIENTS}, got {gradient!r}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        self.detector = wrap_detector(detector)
+        self.smoothing = smoothing
+        self.gradient = gradient
+        self.activation = activation
+        self.batch_size = batch_size
+        self.layer = layer
+
+    def explain(self, image: object, targets: Sequence[str] = ("score",),
+                detections: Detections | None = None) -> Explanation:
+        """Explain detections of one image.
+
+        Args:
+            image: a float tensor ``[3, H, W]`` in [0, 1], a PIL image, an ``HxWx3`` uint8 array or a path.
+            targets: attributes to explain, any of :data:`odam.TARGETS`.
+            detections: what to explain; ``None`` explains everything ``detect`` returns. Passed detections
+                must come from this detector's ``detect`` on this image (they record where they came from).
+
+        Returns:
+            An :class:`~odam.Explanation` with ``maps`` of shape ``[N, T, H, W]``.
+        """
+        names = _check_targets(targets, self.detector.targets)
+        trace = self.detector.trace(image, self.layer)
+        dets = trace.detections if detections is None else detections
+        if not isinstance(dets, Detections):
+            raise ValueError(f"detections must be odam.Detections, got {type(dets).__name__}")
+        dets = dets.to(self.detector.device)
+        H, W = trace.geometry.original
+        maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
+        if len(dets) == 0:
+            return Explanation(dets, names, maps)
+        with borrowed(self.detector.model):
+            self.detector.model.eval()
+            y, groups, group_of = trace.graph(dets)
+            y = y[:, [TARGETS.index(n) for n in names]]
+            for g, group in enumerate(groups):
+                members = torch.where(group_of == g)[0]
+                if len(members):
+                    self._explain_group(y, group, members, dets.boxes, maps)
+        return Explanation(dets.detach(), names, maps)
+
+    def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
+        t = y.shape[1]
+        pairs = torch.cartesian_prod(torch.arange(len(members)), torch.arange(t)).to(members.device)
+        if group.rowwise:
+            # Rows are independent: one backward pass of a sum gives every member's gradient.
+            rowgrads = torch.stack([
+                torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(t)
+            ])  # [T, R, ...]
+        per_item = 16 * group.features(group.rows[:1]).numel() * 4
+        chunk = self.batch_size or max(1, min(256, _DEFAULT_MEMORY // per_item))
+        for start in range(0, len(pairs), chunk):
+            i, j = pairs[start:start + chunk].unbind(1)
+            rows = group.rows[i]
+            if group.rowwise:
+                grads = rowgrads[j, rows]
+            else:
+                flat = y[members].reshape(-1)
+                eye = torch.zeros(len(i), flat.numel(), device=flat.device, dtype=flat.dtype)
+                eye[torch.arange(len(i)), i * t + j] = 1
+                grads = torch.autograd.grad(flat, group.input, eye, retain_graph=True, is_grads_batched=True)[0]
+                grads = grads[torch.arange(len(i)), rows]
+            maps = self._maps(group.pullback(grads, rows), group.features(rows),
+                              group.cells(boxes[members[i]], rows))
+            out[members[i], j] = group.to_image(maps, rows)
+
+    def _maps(self, grads: Tensor, features: Tensor, cells: Tensor) -> Tensor:
+        """Feature-grid ODAM maps ``Tensor[B, h, w]`` from gradients and features ``[B or 1, C, h, w]``."""
+        if self.gradient == "negative":
+            grads = -grads
+        sigma = self._sigma(cells)
+        if sigma is not None:
+            grads = gaussian_smooth(grads, sigma)
+        h = (grads * features).sum(1)
+        if self.activation == "relu":
+            return F.relu(h)
+        return h.abs() if self.activation == "abs" else h
+
+    def _sigma(self, cells: Tensor) -> Tensor | None:
+        s = self.smoothing
+        if s is None:
+            return None
+        if s == "adaptive":
+            return (ADAPTIVE_RATIO * cells).clamp_min(MIN_SIGMA)
+        if callable(s):
+            return torch.as_tensor(s(cells), dtype=cells.dtype, device=cells.device).expand_as(cells)
+        return torch.full_like(cells, float(s))
+
+
+def gaussian_smooth(x: Tensor, sigma: Tensor) -> Tensor:
+    """Smooth each channel of ``x`` (``Tensor[B, C, h, w]``) with a Gaussian of std ``sigma[b]`` (``Tensor[B]``).
+
+    Each kernel is truncated at ``ceil(3 * sigma)`` cells, normalised to sum 1, and applied with zero padding.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1
+        >>> round(gaussian_smooth(x, torch.tensor([1.0])).sum().item(), 6)
+        1.0
+    """
+    b, c, h, w = x.shape
+    sigma = sigma.to(x.dtype).clamp_min(1e-6)
+    radii = torch.ceil(3 * sigma)
+    r = int(min(radii.max().item(), max(h, w) - 1))
+    if r < 1:
+        return x
+    offsets = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2) * (offsets[None].abs() <= radii[:, None])
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, 2r+1]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(y, kernel[:, None, :, None], padding=(r, 0), groups=b * c)
+    y = F.conv2d(y, kernel[:, None, None, :], padding=(0, r), groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def _check_targets(targets: Sequence[str], supported: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(targets, str):
+        targets = (targets,)
+    names = tuple(targets)
+    if not names:
+        raise ValueError("targets must name at least one attribute")
+    bad = [n for n in names if n not in supported]
+    if bad:
+        raise ValueError(f"unknown target {bad[0]!r}; choose from {', '.join(supported)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"targets repeat a name: {names}")
+    return names
+

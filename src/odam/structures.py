@@ -1,0 +1,131 @@
+"""The two data types every part of odam exchanges: :class:`Detections` and :class:`Explanation`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+#: Attribute names a detector adapter can explain, in the order adapters compute them.
+#: Edges are signed so that a positive change means a larger box: ``left = -x1``, ``top = -y1``,
+#: ``right = x2``, ``bottom = y2`` (image pixels).
+TARGETS: tuple[str, ...] = ("score", "left", "top", "right", "bottom")
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image, in pixels of the image the user passed in.
+
+    Attributes:
+        boxes: ``Tensor[N, 4]`` float, ``(x1, y1, x2, y2)``.
+        scores: ``Tensor[N]`` float, the confidence the model reports.
+        labels: ``Tensor[N]`` int64, class indices as the model numbers them.
+        levels: ``Tensor[N]`` int64, the feature level (FPN level index) that produced each detection.
+        indices: ``Tensor[N]`` int64, where on that level it came from: the flat anchor/location
+            index for one-stage detectors, or the RoI (proposal) index for two-stage detectors.
+
+    Example:
+        >>> import torch
+        >>> d = Detections(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([0.9]), torch.tensor([1]))
+        >>> len(d), d.levels.tolist()
+        (1, [-1])
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    levels: Tensor = field(default=None)  # type: ignore[assignment]
+    indices: Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
+            raise ValueError(f"expected boxes of shape [N, 4], got {tuple(self.boxes.shape)}")
+        n = self.boxes.shape[0]
+        unknown = torch.full((n,), -1, dtype=torch.int64, device=self.boxes.device)
+        if self.levels is None:
+            object.__setattr__(self, "levels", unknown)
+        if self.indices is None:
+            object.__setattr__(self, "indices", unknown.clone())
+        for name in ("scores", "labels", "levels", "indices"):
+            value = getattr(self, name)
+            if value.shape != (n,):
+                raise ValueError(f"expected {name} of shape [{n}], got {tuple(value.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __getitem__(self, item: int | slice | Tensor | list[int]) -> Detections:
+        if isinstance(item, int):
+            item = slice(item, item + 1) if item != -1 else slice(item, None)
+        return Detections(
+            self.boxes[item], self.scores[item], self.labels[item], self.levels[item], self.indices[item]
+        )
+
+    @property
+    def has_provenance(self) -> bool:
+        """Whether every detection records the level and index it came from."""
+        return bool((self.levels >= 0).all() and (self.indices >= 0).all())
+
+    def to(self, device: torch.device | str) -> Detections:
+        return Detections(*(t.to(device) for t in self._tensors()))
+
+    def detach(self) -> Detections:
+        return Detections(*(t.detach() for t in self._tensors()))
+
+    def _tensors(self) -> tuple[Tensor, ...]:
+        return (self.boxes, self.scores, self.labels, self.levels, self.indices)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Heat maps for a set of detections of one image.
+
+    Attributes:
+        detections: the explained detections (``N`` of them).
+        targets: names of the explained attributes, e.g. ``("score", "left")``.
+        maps: ``Tensor[N, T, H, W]`` float32 at the resolution of the input image, unnormalised.
+
+    Example:
+        >>> import torch
+        >>> d = Detections(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([0.9]), torch.tensor([1]))
+        >>> e = Explanation(d, ("score", "left"), torch.stack([torch.eye(2), 2 * torch.eye(2)])[None])
+        >>> e.combined().shape
+        torch.Size([1, 2, 2])
+    """
+
+    detections: Detections
+    targets: tuple[str, ...]
+    maps: Tensor
+
+    def __post_init__(self) -> None:
+        n, t = len(self.detections), len(self.targets)
+        if self.maps.ndim != 4 or self.maps.shape[:2] != (n, t):
+            raise ValueError(f"expected maps of shape [{n}, {t}, H, W], got {tuple(self.maps.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    def map(self, target: str) -> Tensor:
+        """``Tensor[N, H, W]``: the maps of one target."""
+        if target not in self.targets:
+            raise ValueError(f"unknown target {target!r}; this explanation has {self.targets}")
+        return self.maps[:, self.targets.index(target)]
+
+    def combined(self) -> Tensor:
+        """``Tensor[N, H, W]``: element-wise max over the per-target maps, each min-max normalised to [0, 1]."""
+        return normalize_maps(self.maps).amax(dim=1)
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
+    """Min-max normalise each ``[H, W]`` map of ``maps`` (``Tensor[..., H, W]``) to [0, 1]; constant maps become 0.
+
+    Example:
+        >>> normalize_maps(torch.tensor([[1.0, 3.0]])).tolist()
+        [[0.0, 1.0]]
+    """
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(flat))
+    return out.view_as(maps)
