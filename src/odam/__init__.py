@@ -12,6 +12,7 @@ Example:
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
 from odam.explainers import ODAM
+from odam.models import create_model, load_checkpoint, save_checkpoint
 from odam.structures import TARGETS, Detections, Explanation
 
 __version__ = "0.1.0"
@@ -22,6 +23,9 @@ __all__ = [
     "DetectorAdapter",
     "Detections",
     "Explanation",
+    "create_model",
+    "load_checkpoint",
     "load_image",
+    "save_checkpoint",
     "wrap_detector",
 ]

@@ -1,0 +1,304 @@
+"""The ``odam`` command: a thin layer over the public API.
+
+``odam explain IMAGE... --model SPEC --out DIR`` writes one panel PNG per detection and ``explanations.json``;
+``odam demo --out DIR`` does the same on a bundled photo. Every error is one line on stderr
+(``odam: error: ...``) and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import odam
+from odam.models import configure
+from odam.viz import save_panel
+
+EXIT_ERROR = 2
+DEMO_SPEC = "torchvision:fcos_resnet50_fpn"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"odam: error: {message} (see '{self.prog} --help')\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``odam`` command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Example:
+        >>> main(["explain", "photo.png", "--model", "no-such-model", "--out", "out"])  # one line on stderr
+        2
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors and --help
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    try:
+        return args.run(args)
+    except Exception as err:
+        if args.debug:
+            raise
+        _report(err)
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    common.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+    parser = _Parser(prog="odam", description="Per-detection heat maps for object detectors (ODAM).")
+    parser.add_argument("--version", action="version", version=f"odam {odam.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo}")
+
+    explain = sub.add_parser("explain", parents=[common], help="explain every detection in some images",
+                             description="Write one panel PNG per detection and DIR/explanations.json.")
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument("--model", required=True, metavar="SPEC",
+                         help="'torchvision:<builder>' (e.g. torchvision:fcos_resnet50_fpn) or an odam "
+                              "checkpoint directory")
+    explain.add_argument("--weights", choices=("default", "none"), default="default",
+                         help="for torchvision: specs: pretrained COCO weights (default, downloaded once) "
+                              "or random weights (none); ignored for checkpoints")
+    explain.add_argument("--targets", default=",".join(odam.TARGETS),
+                         help=f"comma-separated attributes to explain (default: {','.join(odam.TARGETS)})")
+    explain.add_argument("--score-threshold", type=float, metavar="F", help="keep detections scoring above F")
+    explain.add_argument("--max-detections", type=int, metavar="N", help="at most N detections per image")
+    explain.add_argument("--min-size", type=int, metavar="N", help="resize the shorter side to N pixels")
+    explain.add_argument("--max-size", type=int, metavar="N", help="cap the longer side at N pixels")
+    explain.add_argument("--layer", default=None, metavar="L",
+                         help="explained features: 'fpn' (default), 'roi' (two-stage detectors) or a "
+                              "dotted module name such as backbone.body.layer3")
+    explain.add_argument("--save-maps", action="store_true",
+                         help="also write DIR/<image>_maps.npz with the raw maps, boxes, scores and labels")
+    explain.set_defaults(run=_explain)
+
+    demo = sub.add_parser("demo", parents=[common], help="run on a bundled photo (placeholder model)",
+                          description="Explain a small seeded model on matplotlib's bundled photo.")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _explain(args: argparse.Namespace) -> int:
+    targets = _parse_targets(args.targets)
+    device = _device(args.device)
+    categories = None
+    if Path(args.model).exists():
+        model, config = odam.load_checkpoint(args.model)
+        categories = config["categories"]
+    else:
+        model = odam.create_model(args.model, weights=args.weights)
+    configure(model, score_threshold=args.score_threshold, max_detections=args.max_detections,
+              min_size=args.min_size, max_size=args.max_size)
+    _check_layer(model, args.layer)
+    model.to(device)
+    failed = explain_images(model, args.images, args.out, spec=args.model, targets=targets, layer=args.layer,
+                            save_maps=args.save_maps, class_names=categories, debug=args.debug)
+    return EXIT_ERROR if failed else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from matplotlib import cbook
+
+    device = _device(args.device)
+    torch.manual_seed(0)
+    model = odam.create_model(DEMO_SPEC, weights="none", num_classes=3)
+    configure(model, score_threshold=0.0, max_detections=4, min_size=320, max_size=480)
+    model.to(device)
+    photo = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    print(f"odam demo: {DEMO_SPEC} with RANDOM PLACEHOLDER WEIGHTS (seed 0, 3 classes): the boxes and maps "
+          "show the pipeline, not a trained detector")
+    failed = explain_images(model, [photo], args.out, spec=DEMO_SPEC, targets=odam.TARGETS,
+                            debug=args.debug)
+    return EXIT_ERROR if failed else 0
+
+
+def explain_images(
+    model: nn.Module,
+    images: Sequence[str],
+    out: Path,
+    *,
+    spec: str,
+    targets: Sequence[str],
+    layer: str | None = None,
+    save_maps: bool = False,
+    class_names: Sequence[str] | None = None,
+    debug: bool = False,
+) -> int:
+    """Explain each image, write its panels (and maps), rewrite ``out/explanations.json``; return #failures.
+
+    An image that cannot be read or explained is reported on stderr, listed under ``errors`` and skipped.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    explainer = odam.ODAM(model, layer=layer)
+    report: dict[str, Any] = {"model": spec, "targets": list(targets), "images": [], "errors": []}
+    json_path = out / "explanations.json"
+    panels = 0
+    for path, stem in tqdm(list(zip(images, _unique_stems(images), strict=True)), desc="odam", unit="image",
+                           file=sys.stderr, disable=None):
+        try:
+            image = odam.load_image(path)
+            explanation = explainer.explain(image, targets)
+            entry = _write_image(out, path, stem, image, explanation, save_maps, class_names)
+        except Exception as err:
+            if debug:
+                raise
+            _report(err, write=tqdm.write)
+            report["errors"].append({"image": str(path), "error": _one_line(err)})
+        else:
+            report["images"].append(entry)
+            panels += len(entry["detections"])
+        _write_json(json_path, report)
+    print(f"odam: {panels} panels for {len(report['images'])} of {len(images)} images in {out}; "
+          f"details in {json_path}")
+    return len(report["errors"])
+
+
+def _write_image(out: Path, path: str, stem: str, image: Tensor, explanation: odam.Explanation,
+                 save_maps: bool, class_names: Sequence[str] | None) -> dict[str, Any]:
+    dets = explanation.detections.to("cpu")
+    maps = explanation.maps.detach().to("cpu", torch.float32)
+    detections = []
+    for k in range(len(dets)):
+        name = f"{stem}_det{k}.png"
+        save_panel(out / name, image, explanation, k, class_names=class_names)
+        box = dets.boxes[k]
+        detections.append({
+            "box": [float(v) for v in box],
+            "score": float(dets.scores[k]),
+            "label": int(dets.labels[k]),
+            "level": int(dets.levels[k]),
+            "index": int(dets.indices[k]),
+            "panel": name,
+            "maps": {t: map_stats(maps[k, j], box) for j, t in enumerate(explanation.targets)},
+        })
+    if save_maps:
+        arrays = {"maps": maps.numpy(), "boxes": dets.boxes.float().numpy(),
+                  "scores": dets.scores.float().numpy(), "labels": dets.labels.numpy(),
+                  "targets": np.array(explanation.targets)}
+        _atomic(out / f"{stem}_maps.npz", lambda f: np.savez(f, **arrays))
+    h, w = image.shape[-2:]
+    return {"image": str(path), "width": int(w), "height": int(h), "detections": detections}
+
+
+def map_stats(heatmap: Tensor, box: Tensor) -> dict[str, Any]:
+    """Peak ``(x, y)``, maximum and the share of the map's sum inside ``box`` of one ``Tensor[H, W]`` map.
+
+    The box ``(x1, y1, x2, y2)`` is rounded to whole pixels and clipped to the map; the share is 0 for a map
+    that sums to zero.
+
+    Example:
+        >>> m = torch.zeros(4, 6); m[1, 2] = 3.0; m[3, 5] = 1.0
+        >>> map_stats(m, torch.tensor([1.6, 0.4, 3.2, 2.0]))
+        {'peak': [2, 1], 'max': 3.0, 'energy_in_box': 0.75}
+    """
+    h, w = heatmap.shape
+    flat = int(heatmap.argmax())
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
+    y1, y2 = min(max(y1, 0), h), min(max(y2, 0), h)
+    values = heatmap.double()
+    total = float(values.sum())
+    inside = float(values[y1:y2, x1:x2].sum())
+    return {"peak": [flat % w, flat // w], "max": float(heatmap.max()),
+            "energy_in_box": inside / total if total != 0 else 0.0}
+
+
+def _parse_targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(","))
+    bad = [n for n in names if n not in odam.TARGETS]
+    if bad:
+        raise ValueError(f"unknown target {bad[0]!r} in --targets; choose from {','.join(odam.TARGETS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--targets repeats a name: {text}")
+    return names
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"invalid --device {name!r}: {_one_line(err)}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but CUDA is not available")
+    return device
+
+
+def _check_layer(model: nn.Module, layer: str | None) -> None:
+    """Fail before any image for a ``--layer`` the model does not have."""
+    if layer in (None, "fpn"):
+        return
+    if layer == "roi":
+        if not hasattr(model, "roi_heads"):
+            raise ValueError(f"--layer roi needs a two-stage detector, got {type(model).__name__}")
+        return
+    try:
+        model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"--layer {layer!r}: the model has no module of that name") from None
+
+
+def _unique_stems(paths: Sequence[str]) -> list[str]:
+    """File-name stems, with ``_2``, ``_3``... appended where two images share one."""
+    used: set[str] = set()
+    stems = []
+    for p in paths:
+        base = Path(p).stem or "image"
+        stem, n = base, 1
+        while stem in used:
+            n += 1
+            stem = f"{base}_{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    text = json.dumps(report, indent=2)
+    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _atomic(target: Path, write: Any) -> None:
+    """Write via ``write(file)`` to a temporary file next to ``target``, then move it into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _report(err: BaseException, write: Any = None) -> None:
+    message = _one_line(err)
+    if not isinstance(err, (ValueError, TypeError, OSError)):
+        message = f"{type(err).__name__}: {message}"
+    line = f"odam: error: {message}"
+    if write is None:
+        print(line, file=sys.stderr)
+    else:
+        write(line, file=sys.stderr)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

@@ -1,0 +1,365 @@
+"""A small model factory (``create_model("torchvision:fcos_resnet50_fpn")``) and safetensors checkpoints.
+
+A checkpoint is a directory with ``model.safetensors`` (the state dict) and ``config.json``::
+
+    {"format": "odam-checkpoint", "version": 1, "spec": "torchvision:fcos_resnet50_fpn",
+     "kwargs": {"num_classes": 3}, "categories": ["cat", "dog", "bird"]}
+
+Loading builds ``create_model(spec, weights="none", **kwargs)`` and loads the tensors into it; nothing is ever
+unpickled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+from torchvision.models import detection
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+#: The torchvision builders ``create_model`` accepts, as ``"torchvision:<builder>"``.
+BUILDERS: tuple[str, ...] = (
+    "fcos_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+)
+WEIGHTS: tuple[str, ...] = ("default", "none")
+
+_PREFIX = "torchvision:"
+_FORMAT = "odam-checkpoint"
+_VERSION = 1
+_CONFIG = "config.json"
+_TENSORS = "model.safetensors"
+
+
+def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Module:
+    """Build a detector from a name, or load one from an odam checkpoint; returned in eval mode.
+
+    Args:
+        spec: ``"torchvision:<builder>"`` with a builder from :data:`BUILDERS`, or the path of an odam
+            checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`.
+        weights: for builders only: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
+            by torchvision on first use), ``"none"`` gives random weights and no pretrained backbone
+            (offline). A checkpoint always brings its own weights.
+        **kwargs: passed to the torchvision builder, e.g. ``num_classes``, ``min_size``, ``score_thresh``.
+
+    Returns:
+        The model, in eval mode, on the CPU.
+
+    Raises:
+        ValueError: for an unknown spec (the message lists the accepted forms), an unknown ``weights``
+            value, builder keywords the builder rejects, keywords given with a checkpoint, or an invalid
+            checkpoint.
+
+    Example:
+        >>> model = create_model("torchvision:fcos_resnet50_fpn", weights="none", num_classes=3, min_size=64)
+        >>> type(model).__name__, model.training
+        ('FCOS', False)
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"expected model spec as a string, got {type(spec).__name__}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if spec.startswith(_PREFIX):
+        return _build(spec[len(_PREFIX):], weights, kwargs)
+    if spec and Path(spec).exists():
+        if kwargs:
+            raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with checkpoint {spec}")
+        return load_checkpoint(spec)[0]
+    raise ValueError(
+        f"unknown model spec {spec!r}: expected '{_PREFIX}<builder>' with builder one of "
+        f"{', '.join(BUILDERS)}, or the path of an odam checkpoint directory"
+    )
+
+
+def _build(builder: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown torchvision builder {builder!r}; choose from {', '.join(BUILDERS)}")
+    reserved = sorted({"weights", "weights_backbone"} & set(kwargs))
+    if reserved:
+        raise ValueError(f"pass weights= as 'default' or 'none', not as {', '.join(reserved)}")
+    # torchvision hands unknown keywords on to the image transform, which ignores them: catch typos here.
+    unknown = sorted(set(kwargs) - _keywords(builder))
+    if unknown:
+        raise ValueError(f"{_PREFIX}{builder} has no option {', '.join(map(repr, unknown))}; "
+                         f"it accepts {', '.join(sorted(_keywords(builder) - {'weights', 'weights_backbone'}))}")
+    if weights == "none":
+        kwargs = {**kwargs, "weights": None, "weights_backbone": None}
+    else:
+        kwargs = {**kwargs, "weights": "DEFAULT"}
+    try:
+        model = getattr(detection, builder)(**kwargs)
+    except TypeError as err:  # an unexpected keyword argument
+        raise ValueError(f"{_PREFIX}{builder} rejects its keywords: {err}") from err
+    return model.eval()
+
+
+def _keywords(builder: str) -> set[str]:
+    """Keyword names that the builder, the model class it returns, or the image transform use."""
+    families = (detection.FCOS, detection.RetinaNet, detection.FasterRCNN, detection.MaskRCNN)
+    family = {"fcos": detection.FCOS, "retinanet": detection.RetinaNet, "fasterrcnn": detection.FasterRCNN,
+              "maskrcnn": detection.MaskRCNN}[builder.split("_")[0]]
+    functions = [getattr(detection, builder), GeneralizedRCNNTransform.__init__]
+    functions += [c.__init__ for c in family.__mro__ if c in families]  # MaskRCNN passes on to FasterRCNN
+    names: set[str] = set()
+    for f in functions:
+        names |= {p.name for p in inspect.signature(f).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - {"self", "backbone", "progress"}
+
+
+def save_checkpoint(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    spec: str,
+    kwargs: dict[str, Any] | None = None,
+    categories: list[str] | None = None,
+) -> Path:
+    """Write ``model`` as an odam checkpoint: ``directory/model.safetensors`` and ``directory/config.json``.
+
+    Both files are written to temporary names first and then moved into place.
+
+    Args:
+        model: a detector built by ``create_model(spec, **kwargs)`` (possibly trained since).
+        directory: created if missing; existing checkpoint files in it are replaced.
+        spec: ``"torchvision:<builder>"``, how to rebuild the architecture.
+        kwargs: builder keywords (JSON-serialisable) needed to rebuild it, e.g. ``{"num_classes": 3}``.
+        categories: class names indexed by label, or ``None``.
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> import tempfile
+        >>> model = create_model("torchvision:fcos_resnet50_fpn", weights="none", num_classes=3)
+        >>> out = save_checkpoint(model, tempfile.mkdtemp(), spec="torchvision:fcos_resnet50_fpn",
+        ...                       kwargs={"num_classes": 3}, categories=["a", "b", "c"])
+        >>> sorted(p.name for p in out.iterdir())
+        ['config.json', 'model.safetensors']
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(spec, str) or not spec.startswith(_PREFIX) or spec[len(_PREFIX):] not in BUILDERS:
+        raise ValueError(f"spec must be '{_PREFIX}<builder>' with builder one of {', '.join(BUILDERS)}, "
+                         f"got {spec!r}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"kwargs must be a dict with string keys, got {kwargs!r}")
+    if categories is not None and (
+        not isinstance(categories, (list, tuple)) or not all(isinstance(c, str) for c in categories)
+    ):
+        raise ValueError(f"categories must be a list of strings or None, got {categories!r}")
+    config = {"format": _FORMAT, "version": _VERSION, "spec": spec, "kwargs": kwargs,
+              "categories": None if categories is None else list(categories)}
+    try:
+        text = json.dumps(config, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"kwargs must be JSON-serialisable: {err}") from err
+    # Own copies in contiguous memory: safetensors refuses shared or strided storage.
+    tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+               for k, v in model.state_dict().items()}
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / _TENSORS, lambda tmp: safetensors.torch.save_file(tensors, tmp))
+    _atomic(out / _CONFIG, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an odam checkpoint written by :func:`save_checkpoint`, without unpickling anything.
+
+    Batch-norm layers whose checkpoint entries lack ``num_batches_tracked`` (a model built with pretrained
+    weights uses torchvision's ``FrozenBatchNorm2d``) are frozen the same way before loading.
+
+    Args:
+        path: the checkpoint directory or its ``config.json``.
+
+    Returns:
+        ``(model, config)``: the model in eval mode on the CPU, and the parsed ``config.json``.
+
+    Raises:
+        ValueError: ``not a valid odam checkpoint <path>: <reason>`` for a missing file, invalid JSON, a
+            wrong format or version, an unknown spec, or tensors that do not match the architecture.
+
+    Example:
+        >>> import tempfile
+        >>> model = create_model("torchvision:fcos_resnet50_fpn", weights="none", num_classes=3)
+        >>> out = save_checkpoint(model, tempfile.mkdtemp(), spec="torchvision:fcos_resnet50_fpn",
+        ...                       kwargs={"num_classes": 3})
+        >>> loaded, config = load_checkpoint(out)
+        >>> type(loaded).__name__, config["kwargs"]
+        ('FCOS', {'num_classes': 3})
+    """
+    try:
+        return _load(Path(path))
+    except _Invalid as err:
+        raise ValueError(f"not a valid odam checkpoint {path}: {err}") from err
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    directory = path.parent if path.name == _CONFIG and not path.is_dir() else path
+    if not directory.is_dir():
+        raise _Invalid("no such directory")
+    config_path, tensors_path = directory / _CONFIG, directory / _TENSORS
+    for p in (config_path, tensors_path):
+        if not p.is_file():
+            raise _Invalid(f"missing {p.name}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _Invalid(f"cannot read {_CONFIG}: {_one_line(err)}") from err
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise _Invalid(f"{_CONFIG} has format {found!r}, expected {_FORMAT!r}")
+    if config.get("version") != _VERSION:
+        raise _Invalid(f"unsupported version {config.get('version')!r}, expected {_VERSION}")
+    spec, kwargs = config.get("spec"), config.get("kwargs", {})
+    if not isinstance(spec, str) or not spec.startswith(_PREFIX):
+        raise _Invalid(f"spec must be '{_PREFIX}<builder>', got {spec!r}")
+    if not isinstance(kwargs, dict):
+        raise _Invalid(f"kwargs must be an object, got {kwargs!r}")
+    categories = config.get("categories")
+    if categories is not None and not (
+        isinstance(categories, list) and all(isinstance(c, str) for c in categories)
+    ):
+        raise _Invalid(f"categories must be a list of strings or null, got {categories!r}")
+    try:
+        model = create_model(spec, weights="none", **kwargs)
+    except ValueError as err:
+        raise _Invalid(_one_line(err)) from err
+    try:
+        state = safetensors.torch.load_file(tensors_path, device="cpu")
+    except (OSError, SafetensorError) as err:
+        raise _Invalid(f"cannot read {_TENSORS}: {_one_line(err)}") from err
+    _freeze_batchnorm_like(model, state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{label} tensors {_some(keys)}" for label, keys in (("missing", missing),
+                                                                       ("unexpected", unexpected)) if keys]
+        raise _Invalid(f"{'; '.join(parts)} for {spec}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise _Invalid(f"tensor shapes differ from {spec} with {kwargs}: {_some(wrong)}")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), config
+
+
+def _freeze_batchnorm_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Swap each ``BatchNorm2d`` with no ``num_batches_tracked`` in ``state`` for ``FrozenBatchNorm2d``."""
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.BatchNorm2d:
+            continue
+        prefix = f"{name}." if name else ""
+        if f"{prefix}running_mean" in state and f"{prefix}num_batches_tracked" not in state:
+            frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+            if name:
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, frozen)
+
+
+def configure(
+    model: nn.Module,
+    *,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> nn.Module:
+    """Set a torchvision detector's score threshold, detection cap and resize limits in place.
+
+    One-stage detectors (FCOS, RetinaNet) keep these in ``model.score_thresh`` and
+    ``model.detections_per_img``; two-stage ones (Faster/Mask R-CNN) in ``model.roi_heads``. Sizes go to
+    ``model.transform`` (``min_size`` becomes ``(min_size,)``). ``None`` leaves a setting as it is.
+
+    Args:
+        model: a torchvision FCOS, RetinaNet, Faster R-CNN or Mask R-CNN.
+        score_threshold: keep detections scoring above this, in [0, 1].
+        max_detections: at most this many detections per image, >= 1.
+        min_size: resize so the shorter image side is this many pixels, >= 1.
+        max_size: ... unless the longer side would exceed this, >= 1.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ValueError: for values outside those ranges.
+        TypeError: for a model without those settings.
+
+    Example:
+        >>> model = create_model("torchvision:fasterrcnn_resnet50_fpn", weights="none", num_classes=3)
+        >>> model = configure(model, score_threshold=0.2, max_detections=5, min_size=96, max_size=128)
+        >>> model.roi_heads.score_thresh, model.roi_heads.detections_per_img, model.transform.min_size
+        (0.2, 5, (96,))
+    """
+    if hasattr(model, "roi_heads") and hasattr(model.roi_heads, "score_thresh"):
+        holder = model.roi_heads
+    elif hasattr(model, "score_thresh") and hasattr(model, "detections_per_img"):
+        holder = model
+    else:
+        holder = None
+    if holder is None or not hasattr(model, "transform"):
+        raise TypeError(f"cannot configure {type(model).__name__}; expected a torchvision FCOS, RetinaNet, "
+                        "Faster R-CNN or Mask R-CNN")
+    if score_threshold is not None and (
+        isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
+        or not math.isfinite(score_threshold) or not 0.0 <= score_threshold <= 1.0
+    ):
+        raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+    for name, value in (("max_detections", max_detections), ("min_size", min_size), ("max_size", max_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if min_size is not None and max_size is not None and max_size < min_size:
+        raise ValueError(f"max_size must be >= min_size, got max_size={max_size} and min_size={min_size}")
+    if score_threshold is not None:
+        holder.score_thresh = float(score_threshold)
+    if max_detections is not None:
+        holder.detections_per_img = max_detections
+    if min_size is not None:
+        model.transform.min_size = (min_size,)
+    if max_size is not None:
+        model.transform.max_size = max_size
+    return model
+
+
+def _atomic(target: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _some(items: list[str], limit: int = 3) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
