@@ -22,7 +22,7 @@ KWARGS = {"num_classes": 3, "min_size": 64, "max_size": 80, "score_thresh": 0.0,
 
 def _seeded(spec: str = SPEC, **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    return create_model(spec, weights="none", **(KWARGS if not kwargs else kwargs))
+    return create_model(spec, weights="none", **(kwargs or KWARGS))
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,14 @@ def _one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
     return message
 
 
-# --- create_model ---------------------------------------------------------------------------------------------
+# --- create_model ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_create_model_every_builder_offline(builder: str) -> None:
     m = create_model(f"torchvision:{builder}", weights="none", num_classes=2)
-    assert isinstance(m, getattr(detection, builder)(weights=None, weights_backbone=None, num_classes=2).__class__)
+    reference = getattr(detection, builder)(weights=None, weights_backbone=None, num_classes=2)
+    assert type(m) is type(reference)
     assert not any(mod.training for mod in m.modules())
 
 
@@ -125,7 +126,7 @@ def test_create_model_from_checkpoint(model: nn.Module, checkpoint: Path) -> Non
         create_model(str(checkpoint), num_classes=3)
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------
 
 
 def test_checkpoint_files_and_config(checkpoint: Path, model: nn.Module) -> None:
@@ -284,7 +285,7 @@ def test_save_checkpoint_leaves_no_temporary_files(model: nn.Module, tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
 
 
-# --- configure ------------------------------------------------------------------------------------------------
+# --- configure ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +298,8 @@ def two_stage() -> nn.Module:
 def test_configure_one_stage(image: torch.Tensor) -> None:
     m = _seeded()
     assert configure(m, score_threshold=0.0, max_detections=2, min_size=40, max_size=50) is m
-    assert (m.score_thresh, m.detections_per_img, m.transform.min_size, m.transform.max_size) == (0.0, 2, (40,), 50)
+    settings = (m.score_thresh, m.detections_per_img, m.transform.min_size, m.transform.max_size)
+    assert settings == (0.0, 2, (40,), 50)
     assert len(odam.wrap_detector(m).detect(image)) == 2
     configure(m, score_threshold=1.0)
     assert len(odam.wrap_detector(m).detect(image)) == 0

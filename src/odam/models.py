@@ -95,10 +95,11 @@ def _build(builder: str, weights: str, kwargs: dict[str, Any]) -> nn.Module:
     if reserved:
         raise ValueError(f"pass weights= as 'default' or 'none', not as {', '.join(reserved)}")
     # torchvision hands unknown keywords on to the image transform, which ignores them: catch typos here.
-    unknown = sorted(set(kwargs) - _keywords(builder))
+    accepted = _keywords(builder) - {"weights", "weights_backbone"}
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(f"{_PREFIX}{builder} has no option {', '.join(map(repr, unknown))}; "
-                         f"it accepts {', '.join(sorted(_keywords(builder) - {'weights', 'weights_backbone'}))}")
+                         f"it accepts {', '.join(sorted(accepted))}")
     if weights == "none":
         kwargs = {**kwargs, "weights": None, "weights_backbone": None}
     else:

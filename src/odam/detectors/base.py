@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -66,6 +66,23 @@ class FeatureGroup(abc.ABC):
     @abc.abstractmethod
     def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
         """Place maps on ``A``'s grid (``Tensor[B, h, w]``) onto the original image: ``Tensor[B, H, W]``."""
+
+    def item_numel(self) -> int:
+        """About how many elements one (detection, attribute) item occupies on the explained grid."""
+        return self.features(self.rows[:1]).numel()
+
+    def weighted(self, grads: Tensor, rows: Tensor, smooth: Callable[[Tensor], Tensor] | None, radius: int
+                 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``sum_k smooth(dY/dA_k) * A_k`` on a grid of ``A`` (``Tensor[B, h, w]``), and how to place such maps.
+
+        ``grads`` are w.r.t. ``input[rows]``; ``smooth`` acts on ``Tensor[B, *, h, w]`` channel by channel and
+        spreads a value at most ``radius`` cells. The default works on the whole map; groups whose gradients
+        have a small support override this to work on a window around it, with the same result.
+        """
+        g = self.pullback(grads, rows)
+        if smooth is not None:
+            g = smooth(g)
+        return (g * self.features(rows)).sum(1), lambda maps: self.to_image(maps, rows)
 
 
 class MapGroup(FeatureGroup):

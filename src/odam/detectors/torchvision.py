@@ -7,6 +7,8 @@ and feature level it came from. ``detect`` therefore returns exactly what the mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -216,13 +218,62 @@ class RoILevelGroup(MapGroup):
         self.rois, self.spatial_scale, self.sampling_ratio = rois, spatial_scale, sampling_ratio
 
     def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
-        _, c, h, w = self._explained.shape
+        zero = torch.zeros(len(rows), 2, dtype=torch.int64, device=grads.device)
+        return self._adjoint(grads, rows, zero, tuple(self._explained.shape[-2:]))
+
+    def _adjoint(self, grads: Tensor, rows: Tensor, origin: Tensor, size: tuple[int, int]) -> Tensor:
+        """RoIAlign's adjoint onto windows of ``size`` cells whose top-left cells are ``origin`` (``[B, 2]``)."""
         rois = self.rois[rows].clone()
         rois[:, 0] = torch.arange(len(rows), dtype=rois.dtype, device=rois.device)
+        shift = origin.flip(1).to(rois.dtype) / self.spatial_scale  # (x, y) in model-input pixels
+        rois[:, 1:] -= shift.repeat(1, 2)
         ph, pw = grads.shape[-2:]
         return torch.ops.torchvision._roi_align_backward(
-            grads.contiguous(), rois, self.spatial_scale, ph, pw, len(rows), c, h, w, self.sampling_ratio, False
+            grads.contiguous(), rois, self.spatial_scale, ph, pw, len(rows), grads.shape[1], size[0], size[1],
+            self.sampling_ratio, False,
         )
+
+    def item_numel(self) -> int:
+        extent = (self.rois[:, 3:] - self.rois[:, 1:3]) * self.spatial_scale
+        area = float(((extent + 4) * (1 + 2 * 0.375)).prod(1).mean()) if len(extent) else 1.0  # 3 sigma margins
+        return int(self._explained.shape[1] * min(area, self._explained.shape[-2] * self._explained.shape[-1]))
+
+    def weighted(self, grads: Tensor, rows: Tensor, smooth: Callable[[Tensor], Tensor] | None, radius: int
+                 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        # 1. The adjoint of RoIAlign is zero outside the RoI's cells (plus one for bilinear sampling), and
+        #    smoothing spreads it by ``radius``: work on a window that holds both. Windows are clipped to the
+        #    map, so RoIAlign's clamping at the border is unchanged; elsewhere the window leaves a margin.
+        # 2. RoIAlign applies the same spatial weights w(bin, q) to every channel, so with G = dY/dX:
+        #    sum_c Phi(adj(G)_c)(q) A_c(q) = sum_bin Phi(w(bin, .))(q) * sum_c G_c(bin) A_c(q).
+        #    Smoothing then acts on 49 bin maps instead of 256 channels, and the rest is one matrix product.
+        level = self._explained.detach()
+        h, w = level.shape[-2:]
+        b, c, ph, pw = grads.shape
+        box = self.rois[rows, 1:] * self.spatial_scale
+        extent = (box[:, 2:] - box[:, :2]).clamp_min(1.0)
+        lo = torch.floor(box[:, [1, 0]]) - 1 - radius  # (y, x)
+        hi = torch.floor(box[:, [1, 0]] + extent[:, [1, 0]]) + 3 + radius
+        size_hw = (hi - lo).amax(0)
+        wh, ww = min(h, int(size_hw[0])), min(w, int(size_hw[1]))
+        limit = torch.tensor([h - wh, w - ww], device=lo.device, dtype=lo.dtype)
+        origin = torch.minimum(lo.clamp_min(0), limit).to(torch.int64)  # [B, 2]
+        ys = origin[:, :1] + torch.arange(wh, device=origin.device)  # [B, wh]
+        xs = origin[:, 1:] + torch.arange(ww, device=origin.device)  # [B, ww]
+        a = level[0][:, ys[:, :, None], xs[:, None, :]].transpose(0, 1)  # [B, C, wh, ww]
+        bins = torch.eye(ph * pw, dtype=grads.dtype, device=grads.device).view(1, ph * pw, ph, pw)
+        spread = self._adjoint(bins.expand(b, -1, -1, -1), rows, origin, (wh, ww))  # [B, bins, wh, ww]
+        if smooth is not None:
+            spread = smooth(spread)
+        mixed = torch.bmm(grads.reshape(b, c, ph * pw).transpose(1, 2), a.reshape(b, c, wh * ww))
+        maps = (spread.reshape(b, ph * pw, wh * ww) * mixed).sum(1).view(b, wh, ww)
+
+        def place(maps: Tensor) -> Tensor:
+            full = maps.new_zeros(len(rows), h, w)
+            idx = torch.arange(len(rows), device=maps.device)[:, None, None]
+            full[idx, ys[:, :, None], xs[:, None, :]] = maps
+            return self.to_image(full, rows)
+
+        return maps, place
 
 
 class TwoStageAdapter(DetectorAdapter):

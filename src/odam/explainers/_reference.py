@@ -34,7 +34,7 @@ def explain_loop(explainer: ODAM, image: object, targets: Sequence[str] = ("scor
             for t, name in enumerate(names):
                 grad = torch.autograd.grad(y[k, TARGETS.index(name)], group.input, retain_graph=True)[0]
                 grads = grad[row]
-                m = explainer._maps(group.pullback(grads, row), group.features(row),
-                                    group.cells(dets.boxes[k:k + 1], row))
+                sigma = explainer._sigma(group.cells(dets.boxes[k:k + 1], row))
+                m = explainer._maps(group.pullback(grads, row), group.features(row), sigma)
                 maps[k, t] = group.to_image(m, row)[0]
     return Explanation(dets.detach(), names, maps)

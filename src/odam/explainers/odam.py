@@ -120,13 +120,15 @@ class ODAM:
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
         t = y.shape[1]
-        pairs = torch.cartesian_prod(torch.arange(len(members)), torch.arange(t)).to(members.device)
+        # Chunks of similar box sizes keep windows and smoothing kernels tight.
+        order = torch.argsort(group.cells(boxes[members], group.rows), stable=True).cpu()
+        pairs = torch.cartesian_prod(order, torch.arange(t)).to(members.device)
         if group.rowwise:
             # Rows are independent: one backward pass of a sum gives every member's gradient.
             rowgrads = torch.stack([
                 torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(t)
             ])  # [T, R, ...]
-        per_item = 16 * group.features(group.rows[:1]).numel() * 4
+        per_item = 16 * group.item_numel() * 4
         chunk = self.batch_size or max(1, min(256, _DEFAULT_MEMORY // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
@@ -134,23 +136,28 @@ class ODAM:
             if group.rowwise:
                 grads = rowgrads[j, rows]
             else:
-                flat = y[members].reshape(-1)
-                eye = torch.zeros(len(i), flat.numel(), device=flat.device, dtype=flat.dtype)
-                eye[torch.arange(len(i)), i * t + j] = 1
-                grads = torch.autograd.grad(flat, group.input, eye, retain_graph=True, is_grads_batched=True)[0]
-                grads = grads[torch.arange(len(i)), rows]
-            maps = self._maps(group.pullback(grads, rows), group.features(rows),
-                              group.cells(boxes[members[i]], rows))
-            out[members[i], j] = group.to_image(maps, rows)
+                grads = _vjps(y[members[i], j], group.input)[torch.arange(len(i)), rows]
+            sigma = self._sigma(group.cells(boxes[members[i]], rows))
+            radius = 0 if sigma is None else int(torch.ceil(3 * sigma).max())
+            smooth = None if sigma is None else (lambda x, s=sigma: gaussian_smooth(x, s))
+            if self.gradient == "negative":
+                grads = -grads
+            maps, place = group.weighted(grads, rows, smooth, radius)
+            out[members[i], j] = place(self._activate(maps))
 
-    def _maps(self, grads: Tensor, features: Tensor, cells: Tensor) -> Tensor:
-        """Feature-grid ODAM maps ``Tensor[B, h, w]`` from gradients and features ``[B or 1, C, h, w]``."""
+    def _maps(self, grads: Tensor, features: Tensor, sigma: Tensor | None) -> Tensor:
+        """Feature-grid ODAM maps ``Tensor[B, h, w]`` from gradients and features ``[B or 1, C, h, w]``.
+
+        The formula written out in one place, for the slow reference; :meth:`explain` lets each feature
+        group evaluate the weighted sum its own way.
+        """
         if self.gradient == "negative":
             grads = -grads
-        sigma = self._sigma(cells)
         if sigma is not None:
             grads = gaussian_smooth(grads, sigma)
-        h = (grads * features).sum(1)
+        return self._activate((grads * features).sum(1))
+
+    def _activate(self, h: Tensor) -> Tensor:
         if self.activation == "relu":
             return F.relu(h)
         return h.abs() if self.activation == "abs" else h
@@ -164,6 +171,18 @@ class ODAM:
         if callable(s):
             return torch.as_tensor(s(cells), dtype=cells.dtype, device=cells.device).expand_as(cells)
         return torch.full_like(cells, float(s))
+
+
+def _vjps(outputs: Tensor, input: Tensor) -> Tensor:
+    """``Tensor[B, *input.shape]``: the gradient of each of ``outputs`` (``Tensor[B]``) w.r.t. ``input``.
+
+    On CUDA one vectorised backward pass (``is_grads_batched``); on CPU, where vectorising the backward of
+    convolutions was measured slower than a loop (docs/PERFORMANCE.md), one pass per output.
+    """
+    if input.device.type == "cpu":
+        return torch.stack([torch.autograd.grad(o, input, retain_graph=True)[0] for o in outputs])
+    eye = torch.eye(len(outputs), device=outputs.device, dtype=outputs.dtype)
+    return torch.autograd.grad(outputs, input, eye, retain_graph=True, is_grads_batched=True)[0]
 
 
 def gaussian_smooth(x: Tensor, sigma: Tensor) -> Tensor:

@@ -1,0 +1,267 @@
+"""The ``odam`` command, run in-process through ``main([...])`` on small random-weight models."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import odam
+from odam.cli import main, map_stats
+from odam.models import configure, create_model, save_checkpoint
+
+SPEC = "torchvision:fcos_resnet50_fpn"
+#: What the CLI is told; :func:`_reference` builds the same model in-process.
+FAST = ["--weights", "none", "--score-threshold", "0", "--max-detections", "2", "--min-size", "96",
+        "--max-size", "128", "--device", "cpu"]
+
+
+def _reference() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(SPEC, weights="none")
+    return configure(model, score_threshold=0.0, max_detections=2, min_size=96, max_size=128)
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    torch.manual_seed(0)  # the CLI builds its random model with the global generator
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_error_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("odam: error: ")
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    good = root / "tiny.png"
+    Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(good)
+    other = root / "sub" / "tiny.png"  # the same stem in another folder
+    other.parent.mkdir()
+    Image.fromarray(rng.integers(0, 256, (60, 72, 3), dtype=np.uint8)).save(other)
+    corrupt = root / "corrupt.png"
+    corrupt.write_bytes(good.read_bytes()[:100])  # a truncated PNG
+    text = root / "notes.jpg"
+    text.write_text("not an image")
+    return {"good": good, "other": other, "corrupt": corrupt, "text": text, "missing": root / "missing.png"}
+
+
+@pytest.fixture(scope="module")
+def run_good(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, str, Path]:
+    """One successful run with --save-maps and two targets, shared by the tests that inspect its output."""
+    out = tmp_path_factory.mktemp("out")
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        mp.setattr(sys, "stdout", stdout)
+        mp.setattr(sys, "stderr", stderr)
+        code = main(["explain", str(images["good"]), "--model", SPEC, "--out", str(out), "--targets",
+                     "score,right", "--save-maps", *FAST])
+    return code, stdout.getvalue(), stderr.getvalue(), out
+
+
+def test_explain_writes_panels_and_json(run_good: tuple, images: dict[str, Path]) -> None:
+    code, stdout, stderr, out = run_good
+    assert code == 0, stderr
+    assert "odam: error" not in stderr
+    assert str(out / "explanations.json") in stdout
+    report = json.loads((out / "explanations.json").read_text())
+    assert set(report) == {"model", "targets", "images", "errors"}
+    assert report["model"] == SPEC and report["targets"] == ["score", "right"] and report["errors"] == []
+    [entry] = report["images"]
+    assert entry["image"] == str(images["good"])
+    assert (entry["width"], entry["height"]) == (80, 64)
+    assert len(entry["detections"]) == 2
+    for k, det in enumerate(entry["detections"]):
+        assert set(det) == {"box", "score", "label", "level", "index", "panel", "maps"}
+        assert det["panel"] == f"tiny_det{k}.png"
+        with Image.open(out / det["panel"]) as panel:
+            assert panel.format == "PNG" and panel.width > panel.height > 0
+        assert set(det["maps"]) == {"score", "right"}
+        for stats in det["maps"].values():
+            x, y = stats["peak"]
+            assert 0 <= x < 80 and 0 <= y < 64
+            assert 0.0 <= stats["energy_in_box"] <= 1.0
+            assert stats["max"] >= 0.0
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "tiny_det0.png", "tiny_det1.png",
+                                                     "tiny_maps.npz"]  # no temporary files left
+
+
+def test_explain_detections_match_the_library(run_good: tuple, images: dict[str, Path]) -> None:
+    report = json.loads((run_good[3] / "explanations.json").read_text())
+    dets = odam.wrap_detector(_reference()).detect(images["good"])
+    got = report["images"][0]["detections"]
+    assert len(got) == len(dets) == 2
+    torch.testing.assert_close(torch.tensor([d["box"] for d in got]), dets.boxes)
+    torch.testing.assert_close(torch.tensor([d["score"] for d in got]), dets.scores)
+    assert [d["label"] for d in got] == dets.labels.tolist()
+    assert [d["level"] for d in got] == dets.levels.tolist()
+    assert [d["index"] for d in got] == dets.indices.tolist()
+
+
+def test_save_maps_npz_matches_json(run_good: tuple) -> None:
+    out = run_good[3]
+    report = json.loads((out / "explanations.json").read_text())
+    dets = report["images"][0]["detections"]
+    with np.load(out / "tiny_maps.npz", allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["boxes", "labels", "maps", "scores", "targets"]
+        maps, targets = npz["maps"], npz["targets"].tolist()
+        assert maps.dtype == np.float32 and maps.shape == (2, 2, 64, 80)
+        assert targets == ["score", "right"]
+        np.testing.assert_allclose(npz["boxes"], [d["box"] for d in dets], rtol=1e-6)
+        np.testing.assert_allclose(npz["scores"], [d["score"] for d in dets], rtol=1e-6)
+        assert npz["labels"].tolist() == [d["label"] for d in dets]
+    for k, det in enumerate(dets):
+        limits = (80, 64, 80, 64)
+        x1, y1, x2, y2 = (min(max(round(v), 0), lim) for v, lim in zip(det["box"], limits, strict=True))
+        for j, target in enumerate(targets):
+            m = maps[k, j].astype(np.float64)
+            stats = det["maps"][target]
+            assert stats["max"] == pytest.approx(float(m.max()))
+            assert m[stats["peak"][1], stats["peak"][0]] == m.max()
+            expected = m[y1:y2, x1:x2].sum() / m.sum() if m.sum() > 0 else 0.0
+            assert stats["energy_in_box"] == pytest.approx(expected)
+    assert any(det["maps"]["score"]["max"] > 0 for det in dets)  # the maps are not all empty
+
+
+def test_map_stats_by_hand() -> None:
+    m = torch.zeros(4, 6)
+    m[1, 2], m[3, 5] = 3.0, 1.0
+    expected = {"peak": [2, 1], "max": 3.0, "energy_in_box": 0.75}
+    assert map_stats(m, torch.tensor([1.6, 0.4, 3.2, 2.0])) == expected
+    assert map_stats(m, torch.tensor([-10.0, -10.0, 100.0, 100.0]))["energy_in_box"] == 1.0  # clipped
+    assert map_stats(m, torch.tensor([0.0, 0.0, 0.0, 0.0]))["energy_in_box"] == 0.0  # empty box
+    assert map_stats(torch.zeros(3, 3), torch.tensor([0.0, 0.0, 3.0, 3.0]))["energy_in_box"] == 0.0
+
+
+def test_explain_from_checkpoint(images: dict[str, Path], tmp_path: Path,
+                                 capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model(SPEC, weights="none", num_classes=3)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt", spec=SPEC, kwargs={"num_classes": 3},
+                           categories=["cat", "dog", "bird"])
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["explain", str(images["good"]), str(images["other"]), "--model", str(ckpt),
+                                 "--out", str(out), "--targets", "score", *FAST[2:]], capsys)
+    assert code == 0, stderr
+    report = json.loads((out / "explanations.json").read_text())
+    assert report["model"] == str(ckpt)
+    first, second = report["images"]
+    # Two images named tiny.png: their panels must not overwrite each other.
+    assert [d["panel"] for d in first["detections"]] == ["tiny_det0.png", "tiny_det1.png"]
+    assert [d["panel"] for d in second["detections"]] == ["tiny_2_det0.png", "tiny_2_det1.png"]
+    assert (second["width"], second["height"]) == (72, 60)
+    configure(model, score_threshold=0.0, max_detections=2, min_size=96, max_size=128)
+    dets = odam.wrap_detector(model).detect(images["good"])
+    torch.testing.assert_close(torch.tensor([d["box"] for d in first["detections"]]), dets.boxes)
+    assert all(0 <= d["label"] < 3 for d in first["detections"])
+
+
+@pytest.mark.parametrize(
+    ("case", "argv_tail", "fragments"),
+    [
+        ("missing file", ["{missing}", "--model", SPEC], ["image not found", "missing.png"]),
+        ("corrupt image", ["{corrupt}", "--model", SPEC], ["cannot read image", "corrupt.png"]),
+        ("not an image", ["{text}", "--model", SPEC], ["cannot read image", "notes.jpg"]),
+        ("unknown model", ["{good}", "--model", "yolov8"],
+         ["unknown model spec 'yolov8'", "fcos_resnet50_fpn"]),
+        ("unknown builder", ["{good}", "--model", "torchvision:yolo"],
+         ["unknown torchvision builder 'yolo'"]),
+        ("checkpoint dir", ["{good}", "--model", "{root}"],
+         ["not a valid odam checkpoint", "missing config.json"]),
+        ("bad target", ["{good}", "--model", SPEC, "--targets", "score,width"], ["unknown target 'width'"]),
+        ("repeated target", ["{good}", "--model", SPEC, "--targets", "score,score"], ["repeats"]),
+        ("zero detections", ["{good}", "--model", SPEC, "--max-detections", "0"], ["max_detections must be"]),
+        ("non-int detections", ["{good}", "--model", SPEC, "--max-detections", "two"],
+         ["--max-detections", "invalid int value: 'two'"]),
+        ("score above 1", ["{good}", "--model", SPEC, "--score-threshold", "1.5"],
+         ["score_threshold must be"]),
+        ("bad layer", ["{good}", "--model", SPEC, "--layer", "backbone.nope"], ["--layer 'backbone.nope'"]),
+        ("roi on one-stage", ["{good}", "--model", SPEC, "--layer", "roi"], ["needs a two-stage detector"]),
+        ("bad device", ["{good}", "--model", SPEC, "--device", "toaster"], ["invalid --device 'toaster'"]),
+        ("bad weights", ["{good}", "--model", SPEC, "--weights", "imagenet"],
+         ["--weights", "invalid choice"]),
+        ("no images", ["--model", SPEC], ["the following arguments are required: IMAGE"]),
+    ],
+)
+def test_explain_errors_are_one_line(case: str, argv_tail: list[str], fragments: list[str],
+                                     images: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    paths = {k: str(v) for k, v in images.items()} | {"root": str(images["good"].parent)}
+    argv = ["explain", *(a.format(**paths) for a in argv_tail), "--out", str(tmp_path / "out")]
+    fast = [FAST[i:i + 2] for i in range(0, len(FAST), 2)]
+    argv += [x for opt in fast if opt[0] not in argv for x in opt]
+    code, stdout, stderr = _run(argv, capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, *fragments)
+
+
+def test_bad_image_is_reported_and_skipped(images: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["explain", str(images["corrupt"]), str(images["good"]), "--model", SPEC,
+                                 "--out", str(out), "--targets", "score", *FAST], capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, "corrupt.png")
+    report = json.loads((out / "explanations.json").read_text())
+    assert [e["image"] for e in report["errors"]] == [str(images["corrupt"])]
+    assert "cannot read image" in report["errors"][0]["error"]
+    assert [i["image"] for i in report["images"]] == [str(images["good"])]
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "tiny_det0.png", "tiny_det1.png"]
+
+
+def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model spec"):
+        main(["explain", str(images["good"]), "--model", "yolov8", "--out", str(tmp_path), "--debug"])
+    with pytest.raises(ValueError, match="cannot read image"):
+        main(["explain", str(images["corrupt"]), "--model", SPEC, "--out", str(tmp_path), "--debug", *FAST])
+
+
+def test_usage_errors_and_help(capsys: pytest.CaptureFixture) -> None:
+    assert main([]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "the following arguments are required")
+    assert main(["frobnicate"]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "invalid choice: 'frobnicate'")
+    assert main(["explain", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--model", "--out", "--targets", "--score-threshold", "--max-detections", "--device",
+                 "--weights", "--layer", "--min-size", "--max-size", "--save-maps", "--debug"):
+        assert flag in help_text
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    code, stdout, stderr = _run(["demo", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "RANDOM PLACEHOLDER WEIGHTS" in stdout and str(out) in stdout
+    report = json.loads((out / "explanations.json").read_text())
+    assert report["model"] == SPEC and report["targets"] == list(odam.TARGETS) and report["errors"] == []
+    [entry] = report["images"]
+    assert Path(entry["image"]).name == "grace_hopper.jpg"
+    assert (entry["width"], entry["height"]) == (512, 600)
+    assert len(entry["detections"]) == 4
+    for det in entry["detections"]:
+        assert (out / det["panel"]).is_file()
+        assert set(det["maps"]) == set(odam.TARGETS)
+
+
+def test_python_dash_m(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "odam", "--version"], capture_output=True, text=True,
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"odam {odam.__version__}"
