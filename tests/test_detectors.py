@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from tests.conftest import build
 from torch import nn
 
 import odam
-from tests.conftest import build
 
 
 def test_detect_equals_model_output(family_model: nn.Module, image: torch.Tensor) -> None:

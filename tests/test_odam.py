@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.conftest import ALL_FAMILIES, B, D, K, build, handset_fcos
 from torch import nn
 
 import odam
 from odam.explainers._reference import explain_loop
 from odam.explainers.odam import ADAPTIVE_RATIO, MIN_SIGMA, gaussian_smooth
-from tests.conftest import ALL_FAMILIES, B, D, K, build, handset_fcos
 
 # A 300x400 image with one bright 24x24 square; the hand-set FCOS resizes it to 800x1066 (scale 8/3).
 H_IMG, W_IMG = 300, 400
@@ -259,3 +259,26 @@ def test_combined_is_max_of_normalised_maps() -> None:
         odam.Explanation(d, ("score", "left"), maps)
 
 
+
+
+def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A larger image, so RoIs cover a small part of their level and the windows are strictly smaller.
+    from odam.detectors.torchvision import RoILevelGroup
+
+    model = build("fasterrcnn_resnet50_fpn", detections=6, min_size=320, max_size=400)
+    image = torch.rand(3, 240, 300, generator=torch.Generator().manual_seed(5))
+    sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    adjoint = RoILevelGroup._adjoint
+
+    def spy(self, grads, rows, origin, size):  # noqa: ANN001, ANN202
+        sizes.append((size, tuple(self._explained.shape[-2:])))
+        return adjoint(self, grads, rows, origin, size)
+
+    monkeypatch.setattr(RoILevelGroup, "_adjoint", spy)
+    explainer = odam.ODAM(model, batch_size=5)
+    fast = explainer.explain(image, targets=odam.TARGETS)
+    windowed = [s for s in sizes if s[0][0] < s[1][0] or s[0][1] < s[1][1]]
+    assert windowed, f"no window was smaller than its map: {sizes}"
+    sizes.clear()
+    slow = explain_loop(explainer, image, targets=odam.TARGETS)
+    assert _rel_err(fast.maps, slow.maps) < 1e-4

@@ -14,6 +14,7 @@ from odam.detectors import DetectorAdapter, wrap_detector
 from odam.explainers import ODAM
 from odam.models import create_model, load_checkpoint, save_checkpoint
 from odam.structures import TARGETS, Detections, Explanation
+from odam.viz import overlay, save_overlay, save_panel
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,9 @@ __all__ = [
     "create_model",
     "load_checkpoint",
     "load_image",
+    "overlay",
     "save_checkpoint",
+    "save_overlay",
+    "save_panel",
     "wrap_detector",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
@@ -128,7 +128,7 @@ class OneStageAdapter(DetectorAdapter):
             anchors = m.anchor_generator(images, features)[0]
             anchors = anchors.split([lv["cls_logits"].shape[0] for lv in levels_out])
             boxes, scores, labels, lvl, idx = [], [], [], [], []
-            for li, (out, anc) in enumerate(zip(levels_out, anchors)):
+            for li, (out, anc) in enumerate(zip(levels_out, anchors, strict=True)):
                 num_classes = out["cls_logits"].shape[-1]
                 s = self._scores(out).flatten()
                 keep = s > m.score_thresh
@@ -158,12 +158,12 @@ class OneStageAdapter(DetectorAdapter):
         if len(levels) and int(levels.max()) >= len(features):
             raise ValueError(f"detection level out of range: this detector has {len(features)} levels")
         with torch.enable_grad():
-            levels_out = self._head(features)
             rows = []
-            for li, out in enumerate(levels_out):
+            for li, feature in enumerate(features):
                 sel = levels == li
                 if not bool(sel.any()):
                     continue
+                out = self._head([feature])[0]  # the head treats levels independently; run only those needed
                 a, c = indices[sel], labels[sel]
                 if int(a.max()) >= out["cls_logits"].shape[0]:
                     raise ValueError(f"detection index out of range on level {li}")
