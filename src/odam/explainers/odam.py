@@ -191,9 +191,10 @@ def gaussian_smooth(x: Tensor, sigma: Tensor) -> Tensor:
     Each kernel is truncated at ``ceil(3 * sigma)`` cells, normalised to sum 1, and applied with zero padding.
 
     Example:
-        >>> x = torch.zeros(1, 1, 5, 5); x[0, 0, 2, 2] = 1
-        >>> round(gaussian_smooth(x, torch.tensor([1.0])).sum().item(), 6)
-        1.0
+        >>> x = torch.zeros(1, 1, 9, 9); x[0, 0, 4, 4] = 1
+        >>> y = gaussian_smooth(x, torch.tensor([1.0]))
+        >>> round(y.sum().item(), 6), round(y[0, 0, 4, 4].item(), 4)
+        (1.0, 0.1592)
     """
     b, c, h, w = x.shape
     sigma = sigma.to(x.dtype).clamp_min(1e-6)
