@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import odam
+from odam.explainers.odam import _check_targets
 from odam.models import configure
 from odam.viz import save_panel
 
@@ -222,13 +223,7 @@ def map_stats(heatmap: Tensor, box: Tensor) -> dict[str, Any]:
 
 
 def _parse_targets(text: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in text.split(","))
-    bad = [n for n in names if n not in odam.TARGETS]
-    if bad:
-        raise ValueError(f"unknown target {bad[0]!r} in --targets; choose from {','.join(odam.TARGETS)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"--targets repeats a name: {text}")
-    return names
+    return _check_targets([t.strip() for t in text.split(",")], odam.TARGETS)
 
 
 def _device(name: str | None) -> torch.device:

@@ -98,6 +98,11 @@ class ODAM:
         Returns:
             An :class:`~odam.Explanation` with ``maps`` of shape ``[N, T, H, W]``.
         """
+        return self._explain(image, targets, detections, self._explain_group)
+
+    def _explain(self, image: object, targets: Sequence[str], detections: Detections | None,
+                 explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None]) -> Explanation:
+        """Trace, select and build the graph; ``explain_group(y, group, members, boxes, out)`` fills the maps."""
         names = _check_targets(targets, self.detector.targets)
         trace = self.detector.trace(image, self.layer)
         dets = trace.detections if detections is None else detections
@@ -115,7 +120,7 @@ class ODAM:
             for g, group in enumerate(groups):
                 members = torch.where(group_of == g)[0]
                 if len(members):
-                    self._explain_group(y, group, members, dets.boxes, maps)
+                    explain_group(y, group, members, dets.boxes, maps)
         return Explanation(dets.detach(), names, maps)
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
@@ -220,7 +225,8 @@ def _check_targets(targets: Sequence[str], supported: Sequence[str]) -> tuple[st
     bad = [n for n in names if n not in supported]
     if bad:
         raise ValueError(f"unknown target {bad[0]!r}; choose from {', '.join(supported)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"targets repeat a name: {names}")
+    repeated = [n for i, n in enumerate(names) if n in names[:i]]
+    if repeated:
+        raise ValueError(f"repeated target {repeated[0]!r} in {','.join(names)}")
     return names
 
