@@ -282,3 +282,28 @@ def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPa
     sizes.clear()
     slow = explain_loop(explainer, image, targets=odam.TARGETS)
     assert _rel_err(fast.maps, slow.maps) < 1e-4
+
+
+def test_local_head_crops_equal_the_whole_map() -> None:
+    # RetinaNet's head has no normalisation across positions, so each detection is explained from a crop of
+    # its level (11x11 cells, clipped at the border); the reference differentiates the whole FPN output.
+    from odam.detectors.torchvision import CropGroup
+
+    model = build("retinanet_resnet50_fpn", detections=12, min_size=160, max_size=200)
+    image = torch.rand(3, 120, 150, generator=torch.Generator().manual_seed(7))
+    trace = odam.wrap_detector(model).trace(image)
+    _, groups, _ = trace.graph(trace.detections)
+    assert all(isinstance(g, CropGroup) for g in groups)
+    sizes = {g.windows.size for g in groups}
+    assert (11, 11) in sizes or len(sizes) > 1
+    assert any(s != (11, 11) for s in sizes), f"no crop was clipped at the border: {sizes}"
+    crops = odam.ODAM(model).explain(image, targets=odam.TARGETS)
+    whole = odam.ODAM(model, layer=model.backbone).explain(image, targets=odam.TARGETS)
+    torch.testing.assert_close(crops.detections.scores, whole.detections.scores)
+    assert _rel_err(crops.maps, whole.maps) < 1e-4
+
+
+def test_groupnorm_heads_are_not_cropped(image: torch.Tensor) -> None:
+    for name in ("fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2"):
+        assert odam.wrap_detector(build(name))._receptive_radius() is None
+    assert odam.wrap_detector(build("retinanet_resnet50_fpn"))._receptive_radius() == 5

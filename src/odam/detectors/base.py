@@ -125,6 +125,50 @@ class MapGroup(FeatureGroup):
                              align_corners=False)[:, 0]
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Equal-size windows on an ``h x w`` grid, one per item, each with its own top-left cell ``origin``."""
+
+    origin: Tensor  # [B, 2] (y, x)
+    size: tuple[int, int]
+    grid: tuple[int, int]
+
+    @classmethod
+    def covering(cls, lo: Tensor, hi: Tensor, grid: tuple[int, int]) -> Windows:
+        """The smallest common-size windows, inside the grid, holding cells ``lo <= (y, x) < hi`` (``[B, 2]``)."""
+        h, w = grid
+        extent = (hi - lo).amax(0) if len(lo) else lo.new_ones(2)
+        size = (min(h, int(extent[0])), min(w, int(extent[1])))
+        limit = torch.tensor([h - size[0], w - size[1]], device=lo.device, dtype=lo.dtype)
+        return cls(torch.minimum(lo.clamp_min(0), limit).to(torch.int64), size, grid)
+
+    def _index(self) -> tuple[Tensor, Tensor, Tensor]:
+        ys = self.origin[:, :1] + torch.arange(self.size[0], device=self.origin.device)
+        xs = self.origin[:, 1:] + torch.arange(self.size[1], device=self.origin.device)
+        items = torch.arange(len(self.origin), device=self.origin.device)
+        return items[:, None, None], ys[:, :, None], xs[:, None, :]
+
+    def gather(self, grid: Tensor) -> Tensor:
+        """``Tensor[B, C, *size]`` cut from ``grid`` (``Tensor[1 or B, C, h, w]``)."""
+        items, ys, xs = self._index()
+        source = grid.permute(0, 2, 3, 1)  # [1 or B, h, w, C]
+        items = items if grid.shape[0] > 1 else torch.zeros_like(items)
+        return source[items, ys, xs].permute(0, 3, 1, 2)
+
+    def scatter(self, values: Tensor) -> Tensor:
+        """Zeros of shape ``[B, (C,) h, w]`` with ``values`` (``Tensor[B, (C,) *size]``) in each window."""
+        if values.ndim == 4:
+            out = values.new_zeros(len(values), *self.grid, values.shape[1])
+            out[self._index()] = values.permute(0, 2, 3, 1)
+            return out.permute(0, 3, 1, 2)
+        out = values.new_zeros(len(values), *self.grid)
+        out[self._index()] = values
+        return out
+
+    def __getitem__(self, rows: Tensor) -> Windows:
+        return Windows(self.origin[rows], self.size, self.grid)
+
+
 def _infer_stride(padded: int, size: int) -> float:
     return float(2 ** round(math.log2(padded / size)))
 

@@ -7,15 +7,22 @@ and feature level it came from. ``detect`` therefore returns exactly what the mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.retinanet import (
+    RetinaNetClassificationHead,
+    RetinaNetHead,
+    RetinaNetRegressionHead,
+)
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from odam.detectors.base import (
     DetectorAdapter,
@@ -23,10 +30,16 @@ from odam.detectors.base import (
     Geometry,
     MapGroup,
     Trace,
+    Windows,
     leaf_hook,
     resolve_layer,
 )
 from odam.structures import Detections
+
+_LOCAL_HEADS = (RetinaNetHead, RetinaNetClassificationHead, RetinaNetRegressionHead, FCOSHead, FCOSClassificationHead,
+                FCOSRegressionHead)
+# Leaf modules that act on each position alone (an empty Sequential is the identity).
+_LOCAL_LAYERS = (nn.Conv2d, nn.ReLU, nn.BatchNorm2d, FrozenBatchNorm2d, nn.Identity, nn.Sequential)
 
 
 def _edges(boxes: Tensor, geometry: Geometry) -> Tensor:
@@ -148,7 +161,8 @@ class OneStageAdapter(DetectorAdapter):
             keep = box_ops.batched_nms(boxes, scores, labels, m.nms_thresh)[: m.detections_per_img]
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], torch.cat(lvl)[keep], torch.cat(idx)[keep])
-        state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors}
+        state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors,
+                 "local": layer is None}
         return Trace(dets, geometry, self, state)
 
     def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
@@ -157,24 +171,122 @@ class OneStageAdapter(DetectorAdapter):
         levels, indices, labels = detections.levels, detections.indices, detections.labels
         if len(levels) and int(levels.max()) >= len(features):
             raise ValueError(f"detection level out of range: this detector has {len(features)} levels")
+        radius = self._receptive_radius() if st["local"] else None
+        rows, groups, group_of = [], [], torch.empty_like(levels)
         with torch.enable_grad():
-            rows = []
             for li, feature in enumerate(features):
-                sel = levels == li
-                if not bool(sel.any()):
+                sel = torch.where(levels == li)[0]
+                if len(sel) == 0:
                     continue
-                out = self._head([feature])[0]  # the head treats levels independently; run only those needed
-                a, c = indices[sel], labels[sel]
-                if int(a.max()) >= out["cls_logits"].shape[0]:
+                if len(sel) and int(indices[sel].max()) >= self._num_outputs(feature):
                     raise ValueError(f"detection index out of range on level {li}")
-                score = self._scores({k: v[a] for k, v in out.items()}).gather(1, c[:, None])[:, 0]
-                box = self._decode(out["bbox_regression"][a], anchors[li][a])
-                box = box_ops.clip_boxes_to_image(box, trace.geometry.resized)
-                rows.append((torch.where(sel)[0], torch.cat([score[:, None], _edges(box, trace.geometry)], 1)))
+                if radius is None:
+                    out = self._head([feature])[0]  # the head treats levels independently: only those needed
+                    a = indices[sel]
+                    y = self._attributes({k: v[a] for k, v in out.items()}, labels[sel], anchors[li][a], trace.geometry)
+                    rows.append((sel, y))
+                    continue
+                for part, group, y in self._crops(feature, sel, indices, labels, anchors[li], radius, trace):
+                    rows.append((part, y))
+                    groups.append(group)
+                    group_of[part] = len(groups) - 1
             order = torch.cat([r[0] for r in rows])
             y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
-        groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"])
+        if radius is None:
+            groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"])
         return y, groups, group_of
+
+    def _num_outputs(self, feature: Tensor) -> int:
+        return feature.shape[-2] * feature.shape[-1] * self.model.head.classification_head.num_anchors
+
+    def _attributes(self, picked: dict[str, Tensor], label: Tensor, anchors: Tensor, geometry: Geometry) -> Tensor:
+        """``Tensor[K, 5]`` (score and signed edges) from the head outputs of K detections (``[K, *]`` each)."""
+        score = self._scores(picked).gather(1, label[:, None])[:, 0]
+        box = self._decode(picked["bbox_regression"], anchors)
+        box = box_ops.clip_boxes_to_image(box, geometry.resized)
+        return torch.cat([score[:, None], _edges(box, geometry)], 1)
+
+    def _crops(self, feature: Tensor, sel: Tensor, indices: Tensor, labels: Tensor, anchors: Tensor, radius: int,
+               trace: Trace) -> Iterator[tuple[Tensor, FeatureGroup, Tensor]]:
+        """Run the head on the ``radius`` neighbourhood of each detection's cell only.
+
+        Without normalisation across positions, an output at cell p depends on the cells within the head's
+        receptive radius alone; a crop clipped at the map's border keeps the convolutions' own zero padding
+        there, so the output at p is the same as on the whole map. Detections with equal crop shapes and
+        centre offsets are batched; their crops are leaves whose rows are independent.
+        """
+        h, w = feature.shape[-2:]
+        n_anchors = self.model.head.classification_head.num_anchors
+        pos, anchor = indices[sel] // n_anchors, indices[sel] % n_anchors
+        centre = torch.stack([pos // w, pos % w], 1)
+        lo = (centre - radius).clamp_min(0)
+        hi = torch.minimum(centre + radius + 1, torch.tensor([h, w], device=centre.device))
+        keys = torch.cat([hi - lo, centre - lo], 1)
+        for key in torch.unique(keys, dim=0):
+            mine = (keys == key).all(1)
+            part = sel[mine]
+            windows = Windows(lo[mine], (int(key[0]), int(key[1])), (h, w))
+            crops = windows.gather(feature.detach()).requires_grad_(True)
+            out = self.model.head([crops])
+            at = (key[2] * windows.size[1] + key[3]) * n_anchors + anchor[mine]
+            picked = {k: v[torch.arange(len(part)), at] for k, v in out.items()}
+            y = self._attributes(picked, labels[part], anchors[indices[part]], trace.geometry)
+            rows = torch.arange(len(part), device=part.device)
+            yield part, CropGroup(crops, rows, trace.geometry, feature, windows), y
+
+    def _receptive_radius(self) -> int | None:
+        """How many cells an output of the head can see in each direction, or ``None`` when it sees further.
+
+        Only torchvision's own heads built from stride-1 "same" convolutions, ReLUs and per-position
+        normalisation qualify: RetinaNet, and FCOS without GroupNorm. GroupNorm (FCOS, RetinaNet v2) pools
+        statistics over the whole level, so every output depends on every cell.
+        """
+        head = self.model.head
+        if type(head) not in _LOCAL_HEADS:
+            return None
+        radius = 0
+        for branch in (head.classification_head, head.regression_head):
+            leaves = [m for m in branch.modules() if not list(m.children())]
+            if type(branch) not in _LOCAL_HEADS or not all(isinstance(m, _LOCAL_LAYERS) for m in leaves):
+                return None
+            reach = {}
+            for name, conv in branch.named_modules():
+                if isinstance(conv, nn.Conv2d):
+                    k, d, p = conv.kernel_size, conv.dilation, conv.padding
+                    if conv.stride != (1, 1) or any(ki % 2 == 0 or pi != di * (ki - 1) // 2
+                                                    for ki, di, pi in zip(k, d, p, strict=True)):
+                        return None
+                    reach[name] = max(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
+            # The tower ("conv") is a chain; the output convolutions sit side by side on top of it.
+            tower = sum(r for name, r in reach.items() if name.startswith("conv."))
+            radius = max(radius, tower + max((r for name, r in reach.items() if "." not in name), default=0))
+        return radius
+
+
+class CropGroup(MapGroup):
+    """Crops of one FPN level around one-stage detections (see ``OneStageAdapter._crops``), one per row."""
+
+    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, windows: Windows) -> None:
+        super().__init__(input, rows, geometry, explained=level_map, rowwise=True)
+        self.windows = windows
+
+    def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
+        return self.windows[rows].scatter(grads)
+
+    def item_numel(self) -> int:
+        return self.input[0].numel() * 9
+
+    def weighted(self, grads: Tensor, rows: Tensor, smooth: Callable[[Tensor], Tensor] | None, radius: int
+                 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        # The gradient is zero outside the crop, and smoothing spreads it by ``radius``.
+        crops = self.windows[rows]
+        win = Windows.covering(crops.origin - radius, crops.origin + torch.tensor(crops.size) + radius,
+                               crops.grid)
+        g = Windows(crops.origin - win.origin, crops.size, win.size).scatter(grads)
+        if smooth is not None:
+            g = smooth(g)
+        maps = (g * win.gather(self._explained.detach())).sum(1)
+        return maps, lambda m: self.to_image(win.scatter(m), rows)
 
 
 class RoIGroup(FeatureGroup):
@@ -247,33 +359,20 @@ class RoILevelGroup(MapGroup):
         #    sum_c Phi(adj(G)_c)(q) A_c(q) = sum_bin Phi(w(bin, .))(q) * sum_c G_c(bin) A_c(q).
         #    Smoothing then acts on 49 bin maps instead of 256 channels, and the rest is one matrix product.
         level = self._explained.detach()
-        h, w = level.shape[-2:]
         b, c, ph, pw = grads.shape
         box = self.rois[rows, 1:] * self.spatial_scale
         extent = (box[:, 2:] - box[:, :2]).clamp_min(1.0)
         lo = torch.floor(box[:, [1, 0]]) - 1 - radius  # (y, x)
         hi = torch.floor(box[:, [1, 0]] + extent[:, [1, 0]]) + 3 + radius
-        size_hw = (hi - lo).amax(0)
-        wh, ww = min(h, int(size_hw[0])), min(w, int(size_hw[1]))
-        limit = torch.tensor([h - wh, w - ww], device=lo.device, dtype=lo.dtype)
-        origin = torch.minimum(lo.clamp_min(0), limit).to(torch.int64)  # [B, 2]
-        ys = origin[:, :1] + torch.arange(wh, device=origin.device)  # [B, wh]
-        xs = origin[:, 1:] + torch.arange(ww, device=origin.device)  # [B, ww]
-        a = level[0][:, ys[:, :, None], xs[:, None, :]].transpose(0, 1)  # [B, C, wh, ww]
+        win = Windows.covering(lo, hi, tuple(level.shape[-2:]))
         bins = torch.eye(ph * pw, dtype=grads.dtype, device=grads.device).view(1, ph * pw, ph, pw)
-        spread = self._adjoint(bins.expand(b, -1, -1, -1), rows, origin, (wh, ww))  # [B, bins, wh, ww]
+        spread = self._adjoint(bins.expand(b, -1, -1, -1), rows, win.origin, win.size)  # [B, bins, wh, ww]
         if smooth is not None:
             spread = smooth(spread)
-        mixed = torch.bmm(grads.reshape(b, c, ph * pw).transpose(1, 2), a.reshape(b, c, wh * ww))
-        maps = (spread.reshape(b, ph * pw, wh * ww) * mixed).sum(1).view(b, wh, ww)
-
-        def place(maps: Tensor) -> Tensor:
-            full = maps.new_zeros(len(rows), h, w)
-            idx = torch.arange(len(rows), device=maps.device)[:, None, None]
-            full[idx, ys[:, :, None], xs[:, None, :]] = maps
-            return self.to_image(full, rows)
-
-        return maps, place
+        a = win.gather(level)  # [B, C, wh, ww]
+        mixed = torch.bmm(grads.reshape(b, c, ph * pw).transpose(1, 2), a.flatten(2))
+        maps = (spread.flatten(2) * mixed).sum(1).view(b, *win.size)
+        return maps, lambda m: self.to_image(win.scatter(m), rows)
 
 
 class TwoStageAdapter(DetectorAdapter):
