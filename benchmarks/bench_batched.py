@@ -84,7 +84,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="fcos,fasterrcnn", help=f"comma-separated, of {sorted(MODELS)}")
+    parser.add_argument("--models", default="fcos,fasterrcnn,retinanet", help=f"comma-separated, of {sorted(MODELS)}")
     parser.add_argument("--ks", default="1,10,50,100", help="numbers of detections to explain")
     parser.add_argument("--size", type=int, default=512, help="square image side in pixels")
     parser.add_argument("--write", type=Path, help="replace the table between the markers in this file")
