@@ -33,20 +33,11 @@ def test_detect_with_default_thresholds_and_resize() -> None:
     assert torch.equal(dets.boxes, expected["boxes"]) and torch.equal(dets.scores, expected["scores"])
 
 
-def test_provenance_points_at_the_anchor_that_made_the_box(image: torch.Tensor) -> None:
-    model = build("retinanet_resnet50_fpn")
-    adapter = odam.wrap_detector(model)
-    trace = adapter.trace(image)
-    y, _, _ = trace.graph(trace.detections)
-    # Recomputed from (level, anchor, label) alone, the attributes reproduce the detections.
-    assert torch.allclose(y[:, 0], trace.detections.scores, atol=1e-6)
-    boxes = y[:, 1:].detach() * torch.tensor([-1.0, -1.0, 1.0, 1.0])
-    assert torch.allclose(boxes, trace.detections.boxes, atol=1e-4)
-
-
-def test_two_stage_attributes_reproduce_detections(image: torch.Tensor) -> None:
-    model = build("fasterrcnn_resnet50_fpn_v2")
-    trace = odam.wrap_detector(model).trace(image)
+def test_attributes_recomputed_from_provenance_reproduce_detections(family_model: nn.Module,
+                                                                     image: torch.Tensor) -> None:
+    # From (level, anchor or RoI, label) alone, and for RetinaNet from crops of the level, the differentiable
+    # attributes give back the detections: score, and the box from the signed edges.
+    trace = odam.wrap_detector(family_model).trace(image)
     y, _, _ = trace.graph(trace.detections)
     assert torch.allclose(y[:, 0], trace.detections.scores, atol=1e-5)
     boxes = y[:, 1:].detach() * torch.tensor([-1.0, -1.0, 1.0, 1.0])
