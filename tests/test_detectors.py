@@ -98,7 +98,7 @@ def test_model_is_borrowed_on_success_and_on_error(name: str, image: torch.Tenso
     with pytest.raises(ValueError, match="not used by the backbone"):
         odam.ODAM(model, layer=head).explain(image)
     assert _state(model) == before
-    # ... and one in the middle of the backward passes.
+    # ... and one after tracing, while the graph is built.
     bad = explanation.detections[:1]
     bad = odam.Detections(bad.boxes, bad.scores, bad.labels, bad.levels, bad.indices + 10**7)
     with pytest.raises(ValueError, match="out of range"):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from tests.conftest import ALL_FAMILIES, B, D, K, build, handset_fcos
 from torch import nn
+from torchvision.models import detection
 
 import odam
 from odam.explainers._reference import explain_loop
@@ -156,11 +157,12 @@ def test_layer_choices(image: torch.Tensor) -> None:
         e = odam.ODAM(model, layer=layer).explain(image, targets=("score", "bottom"))
         assert e.maps.shape == (2, 2, 96, 120) and torch.isfinite(e.maps).all()
         assert e.maps.amax() > 0
-    # RoI maps are pasted into the proposal box: zero well outside it.
+    # RoI maps are pasted into the proposal box (shifted by half a stride): zero well outside it.
     e = odam.ODAM(model, layer="roi").explain(image)
     trace = odam.wrap_detector(model).trace(image, "roi")
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
-    prop = trace._state["proposals"][e.detections.indices[0]] * torch.tensor([w / wr, h / hr] * 2)
+    stride = 1 / model.roi_heads.box_roi_pool.scales[int(e.detections.levels[0])]
+    prop = (trace._state["proposals"][e.detections.indices[0]] + stride / 2) * torch.tensor([w / wr, h / hr] * 2)
     x1, y1, x2, y2 = prop.tolist()
     outside = e.maps[0, 0].clone()
     outside[max(0, int(y1) - 1):int(y2) + 2, max(0, int(x1) - 1):int(x2) + 2] = 0
@@ -307,3 +309,53 @@ def test_groupnorm_heads_are_not_cropped(image: torch.Tensor) -> None:
     for name in ("fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2"):
         assert odam.wrap_detector(build(name))._receptive_radius() is None
     assert odam.wrap_detector(build("retinanet_resnet50_fpn"))._receptive_radius() == 5
+
+
+def test_explain_inside_no_grad_and_in_float64(image: torch.Tensor) -> None:
+    model = build("retinanet_resnet50_fpn", detections=2)
+    ref = odam.ODAM(model).explain(image, targets=("score", "top")).maps
+    with torch.no_grad():
+        torch.testing.assert_close(odam.ODAM(model).explain(image, targets=("score", "top")).maps, ref)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        odam.ODAM(model).explain(image)
+    model64 = build("retinanet_resnet50_fpn", detections=2).double()
+    e64 = odam.ODAM(model64).explain(image, targets=("score", "top"))
+    assert e64.maps.dtype == torch.float32
+    torch.testing.assert_close(e64.maps, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_mobilenet_fpn_with_fewer_levels(name: str, image: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = getattr(detection, name)(
+        weights=None, weights_backbone=None, num_classes=3, box_score_thresh=0.0, box_detections_per_img=3,
+        min_size=160, max_size=200).eval()
+    with torch.no_grad():
+        expected = model([image])[0]
+    fast = odam.ODAM(model).explain(image, targets=odam.TARGETS)
+    assert torch.equal(fast.detections.boxes, expected["boxes"])
+    full = odam.ODAM(model, layer=model.backbone).explain(image, targets=odam.TARGETS)
+    assert _rel_err(fast.maps, full.maps) < 1e-4
+
+
+def test_layer_running_twice_is_refused(image: torch.Tensor) -> None:
+    from odam.detectors.base import LayerError
+
+    model = build("retinanet_resnet50_fpn", detections=1)
+    with pytest.raises(LayerError, match="runs more than once"):
+        odam.ODAM(model, layer="backbone.body.layer1.0.relu").explain(image)
+
+
+def test_roi_maps_are_centred_like_level_maps(image: torch.Tensor) -> None:
+    # A constant map on the 7x7 grid pasted through RoIGroup covers the proposal shifted by half a stride.
+    model = build("fasterrcnn_resnet50_fpn", detections=1)
+    trace = odam.wrap_detector(model).trace(image, "roi")
+    _, groups, _ = trace.graph(trace.detections)
+    group = groups[0]
+    placed = group.to_image(torch.ones(1, 7, 7), torch.zeros(1, dtype=torch.int64))[0]
+    (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
+    stride = 1 / model.roi_heads.box_roi_pool.scales[int(trace.detections.levels[0])]
+    x1, y1, x2, y2 = (trace._state["proposals"][trace.detections.indices[0]] + stride / 2).tolist()
+    ys, xs = torch.where(placed > 0)
+    assert xs.min() >= x1 * w / wr - 1 and xs.max() <= x2 * w / wr + 1
+    assert ys.min() >= y1 * h / hr - 1 and ys.max() <= y2 * h / hr + 1

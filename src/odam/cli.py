@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import odam
+from odam.detectors.base import LayerError
 from odam.explainers.odam import _check_targets
 from odam.models import configure
 from odam.viz import save_panel
@@ -158,6 +159,8 @@ def explain_images(
             image = odam.load_image(path)
             explanation = explainer.explain(image, targets)
             entry = _write_image(out, path, stem, image, explanation, save_maps, class_names)
+        except LayerError:
+            raise  # the same for every image: stop at the first, with one line
         except Exception as err:
             if debug:
                 raise

@@ -220,6 +220,8 @@ class _Invalid(Exception):
 
 def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     directory = path.parent if path.name == _CONFIG and not path.is_dir() else path
+    if path.is_file() and path.name != _CONFIG:
+        raise _Invalid(f"a file; expected a checkpoint directory (with {_CONFIG} and {_TENSORS}) or its {_CONFIG}")
     if not directory.is_dir():
         raise _Invalid("no such directory")
     config_path, tensors_path = directory / _CONFIG, directory / _TENSORS

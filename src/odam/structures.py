@@ -57,7 +57,10 @@ class Detections:
 
     def __getitem__(self, item: int | slice | Tensor | list[int]) -> Detections:
         if isinstance(item, int):
-            item = slice(item, item + 1) if item != -1 else slice(item, None)
+            n = len(self)
+            if not -n <= item < n:
+                raise IndexError(f"index {item} out of range for {n} detections")
+            item = slice(item % n, item % n + 1)
         return Detections(
             self.boxes[item], self.scores[item], self.labels[item], self.levels[item], self.indices[item]
         )

@@ -23,6 +23,10 @@ from odam.structures import TARGETS, Detections
 ImageLike = object  # a Tensor[3, H, W], PIL image, HxWx3 uint8 array or path; see odam.load_image
 
 
+class LayerError(ValueError):
+    """The chosen ``layer`` cannot be explained on this detector: the same for every image."""
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How the model saw the image: ``original`` (H, W) was resized to ``resized`` and zero-padded to ``padded``."""
@@ -170,7 +174,9 @@ class Windows:
 
 
 def _infer_stride(padded: int, size: int) -> float:
-    return float(2 ** round(math.log2(padded / size)))
+    # Levels made by stride-2 convolutions have ceil(padded / stride) cells, so the stride is the power of two
+    # at or just above padded / size (exact when the padded size is a multiple of the stride).
+    return float(2 ** math.ceil(math.log2(padded / size) - 1e-9))
 
 
 @dataclass
@@ -234,7 +240,8 @@ class DetectorAdapter(abc.ABC):
 
     def trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
         """Run the detector once and keep what explainers need. ``layer`` picks the explained feature map."""
-        x = load_image(image).to(self.device)
+        dtype = next(self.model.parameters()).dtype
+        x = load_image(image).to(self.device, dtype if dtype.is_floating_point else torch.float32)
         with borrowed(self.model):
             self.model.eval()
             return self._trace(x, layer)
@@ -272,14 +279,14 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
     """Find ``layer`` (a dotted module name or a module) inside ``model``; ``ValueError`` if it is not there."""
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer {type(layer).__name__} is not a module of this model")
+            raise LayerError(f"layer {type(layer).__name__} is not a module of this model")
         return layer
     if isinstance(layer, str):
         try:
             return model.get_submodule(layer)
         except AttributeError:
-            raise ValueError(f"model has no module named {layer!r}") from None
-    raise ValueError(f"layer must be a module name or nn.Module, got {type(layer).__name__}")
+            raise LayerError(f"model has no module named {layer!r}") from None
+    raise LayerError(f"layer must be a module name or nn.Module, got {type(layer).__name__}")
 
 
 @contextmanager
@@ -291,6 +298,8 @@ def leaf_hook(module: nn.Module) -> Iterator[list]:
     captured: list = []
 
     def hook(_m: nn.Module, _inputs: object, output: object) -> object:
+        if captured:
+            raise LayerError(f"layer {type(_m).__name__} runs more than once per forward pass; pick one that runs once")
         if isinstance(output, Tensor):
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
@@ -299,7 +308,7 @@ def leaf_hook(module: nn.Module) -> Iterator[list]:
             leaves = type(output)((k, v.detach().requires_grad_(True)) for k, v in output.items())
             captured.append(leaves)
             return leaves
-        raise ValueError(
+        raise LayerError(
             f"layer {type(_m).__name__} returns {type(output).__name__}; pick a module that returns a tensor"
         )
 

@@ -28,6 +28,7 @@ from odam.detectors.base import (
     DetectorAdapter,
     FeatureGroup,
     Geometry,
+    LayerError,
     MapGroup,
     Trace,
     Windows,
@@ -73,7 +74,7 @@ def _run_backbone(model: nn.Module, tensors: Tensor, layer: str | nn.Module | No
     with leaf_hook(module) as captured, torch.enable_grad():
         feats = _as_dict(model.backbone(tensors))
     if not captured:
-        raise ValueError(f"layer {layer!r} is not used by the backbone of this detector")
+        raise LayerError(f"layer {layer!r} is not used by the backbone of this detector")
     leaf = captured[-1]
     return feats, (dict(leaf) if isinstance(leaf, dict) else {"": leaf})
 
@@ -90,7 +91,7 @@ def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, 
     elif all(n in leaves for n in level_names):
         chosen, group_of = [leaves[n] for n in level_names], levels.clone()
     else:
-        raise ValueError(
+        raise LayerError(
             f"the chosen layer returns maps {sorted(leaves)} but the detector's levels are {level_names};"
             " pick a module that returns one tensor or one map per level"
         )
@@ -132,7 +133,7 @@ class OneStageAdapter(DetectorAdapter):
         images, geometry = _prepare(m, image)
         if isinstance(layer, str) and layer in ("fpn", "roi"):
             if layer == "roi":
-                raise ValueError(f"layer 'roi' needs a two-stage detector, got {type(m).__name__}")
+                raise LayerError(f"layer 'roi' needs a two-stage detector, got {type(m).__name__}")
             layer = None
         feats, leaves = _run_backbone(m, images.tensors, layer)
         features = list(feats.values())
@@ -280,8 +281,8 @@ class CropGroup(MapGroup):
                  ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         # The gradient is zero outside the crop, and smoothing spreads it by ``radius``.
         crops = self.windows[rows]
-        win = Windows.covering(crops.origin - radius, crops.origin + torch.tensor(crops.size) + radius,
-                               crops.grid)
+        size = torch.tensor(crops.size, device=crops.origin.device)
+        win = Windows.covering(crops.origin - radius, crops.origin + size + radius, crops.grid)
         g = Windows(crops.origin - win.origin, crops.size, win.size).scatter(grads)
         if smooth is not None:
             g = smooth(g)
@@ -292,13 +293,16 @@ class CropGroup(MapGroup):
 class RoIGroup(FeatureGroup):
     """RoI-pooled features ``[K, C, 7, 7]``, one row per detection, explained on their own grid.
 
-    Maps are pasted into the proposal box the features were pooled from.
+    Maps are pasted into the proposal box the features were pooled from, shifted by half a stride: torchvision's
+    RoIAlign (``aligned=False``) samples cell ``u`` of a stride-``s`` level for pixel ``u * s``, while odam
+    centres that cell on pixel ``(u + 0.5) * s`` (see :class:`MapGroup`).
     """
 
     rowwise = True
 
-    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry) -> None:
-        self.input, self.rows, self.proposals, self.geometry = input, rows, proposals, geometry
+    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry, stride: float) -> None:
+        self.input, self.rows, self.geometry = input, rows, geometry
+        self.proposals = proposals + 0.5 * stride
 
     def features(self, rows: Tensor) -> Tensor:
         return self.input.detach()[rows]
@@ -424,7 +428,7 @@ class TwoStageAdapter(DetectorAdapter):
         st = trace._state
         geometry, rh = trace.geometry, self.model.roi_heads
         pool, proposals = rh.box_roi_pool, st["proposals"]
-        names = list(pool.featmap_names)
+        names = [n for n in pool.featmap_names if n in st["features"]]  # as MultiScaleRoIAlign filters them
         if len(detections) and int(detections.indices.max()) >= len(proposals):
             raise ValueError(f"detection index out of range: this image has {len(proposals)} proposals")
         props = proposals[detections.indices]
@@ -447,7 +451,7 @@ class TwoStageAdapter(DetectorAdapter):
                     leaf.requires_grad_(True)
                     rows = torch.arange(len(sel), device=sel.device)
                     if st["mode"] == "roi":
-                        groups.append(RoIGroup(leaf, rows, props[sel], geometry))
+                        groups.append(RoIGroup(leaf, rows, props[sel], geometry, 1 / pool.scales[li]))
                     else:
                         groups.append(RoILevelGroup(leaf, rows, geometry, level_map, rois, pool.scales[li],
                                                     pool.sampling_ratio))

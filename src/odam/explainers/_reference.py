@@ -28,6 +28,6 @@ def explain_loop(explainer: ODAM, image: object, targets: Sequence[str] = ("scor
             for t in range(y.shape[1]):
                 grad = torch.autograd.grad(y[k, t], group.input, retain_graph=True)[0][row]
                 m = explainer._maps(group.pullback(grad, row), group.features(row), sigma)
-                out[k, t] = group.to_image(m, row)[0]
+                out[k, t] = group.to_image(m, row)[0].to(out.dtype)
 
     return explainer._explain(image, targets, detections, one_by_one)

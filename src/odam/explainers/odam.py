@@ -104,6 +104,8 @@ class ODAM:
                  explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None]) -> Explanation:
         """Trace, select and build the graph; ``explain_group(y, group, members, boxes, out)`` fills the maps."""
         names = _check_targets(targets, self.detector.targets)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("ODAM needs gradients: call explain() outside torch.inference_mode()")
         trace = self.detector.trace(image, self.layer)
         dets = trace.detections if detections is None else detections
         if not isinstance(dets, Detections):
@@ -113,7 +115,7 @@ class ODAM:
         maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
         if len(dets) == 0:
             return Explanation(dets, names, maps)
-        with borrowed(self.detector.model):
+        with borrowed(self.detector.model), torch.enable_grad():  # also inside a caller's torch.no_grad()
             self.detector.model.eval()
             y, groups, group_of = trace.graph(dets)
             y = y[:, [TARGETS.index(n) for n in names]]
@@ -148,7 +150,7 @@ class ODAM:
             if self.gradient == "negative":
                 grads = -grads
             maps, place = group.weighted(grads, rows, smooth, radius)
-            out[members[i], j] = place(self._activate(maps))
+            out[members[i], j] = place(self._activate(maps)).to(out.dtype)
 
     def _maps(self, grads: Tensor, features: Tensor, sigma: Tensor | None) -> Tensor:
         """Feature-grid ODAM maps ``Tensor[B, h, w]`` from gradients and features ``[B or 1, C, h, w]``.
