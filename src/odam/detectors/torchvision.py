@@ -179,7 +179,7 @@ class OneStageAdapter(DetectorAdapter):
                 sel = torch.where(levels == li)[0]
                 if len(sel) == 0:
                     continue
-                if len(sel) and int(indices[sel].max()) >= self._num_outputs(feature):
+                if int(indices[sel].max()) >= self._num_outputs(feature):
                     raise ValueError(f"detection index out of range on level {li}")
                 if radius is None:
                     out = self._head([feature])[0]  # the head treats levels independently: only those needed
