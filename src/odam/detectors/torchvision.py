@@ -326,8 +326,6 @@ class RoIGroup(FeatureGroup):
 class RoILevelGroup(MapGroup):
     """RoI-pooled rows of one FPN level, explained on that level's map through the adjoint of RoIAlign."""
 
-    rowwise = True
-
     def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, rois: Tensor,
                  spatial_scale: float, sampling_ratio: int) -> None:
         super().__init__(input, rows, geometry, explained=level_map, rowwise=True)
@@ -390,10 +388,8 @@ class TwoStageAdapter(DetectorAdapter):
         m = self.model
         rh = m.roi_heads
         images, geometry = _prepare(m, image)
-        mode = layer if isinstance(layer, str) and layer in ("roi", "fpn") else "module"
-        if layer is None:
-            mode = "fpn"
-        feats, leaves = _run_backbone(m, images.tensors, None if mode != "module" else layer)
+        mode = "fpn" if layer is None else layer if layer in ("roi", "fpn") else "module"
+        feats, leaves = _run_backbone(m, images.tensors, layer if mode == "module" else None)
         with torch.no_grad():
             proposals = m.rpn(images, feats)[0][0]
             pooled = rh.box_roi_pool(feats, [proposals], images.image_sizes)
