@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="odam", description="Per-detection heat maps for object detectors (ODAM).")
     parser.add_argument("--version", action="version", version=f"odam {odam.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo,train,data}")
 
     explain = sub.add_parser("explain", parents=[common], help="explain every detection in some images",
                              description="Write one panel PNG per detection and DIR/explanations.json.")
@@ -95,7 +95,101 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run on a bundled photo (placeholder model)",
                           description="Explain a small seeded model on matplotlib's bundled photo.")
     demo.set_defaults(run=_demo)
+    _train_parser(sub, common)
+    _data_parser(sub)
     return parser
+
+
+def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    from odam.architectures import ARCHITECTURES, BACKBONES
+    from odam.train import TrainConfig
+
+    d = TrainConfig(model="fcos", data="", out="")
+    train = sub.add_parser(
+        "train", parents=[common], help="train a detector on a COCO or CrowdHuman dataset",
+        description="Train a torchvision detector from scratch; writes an odam checkpoint to --out after every "
+                    "epoch and evaluates COCO mAP/AP50 at the end. Under 'torchrun --nproc-per-node N -m odam "
+                    "train ...' it trains with DistributedDataParallel.")
+    train.add_argument("--model", required=True, choices=ARCHITECTURES)
+    train.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help=f"(default: {d.backbone})")
+    train.add_argument("--data", required=True, help="dataset folder (annotations.json or annotations.odgt and "
+                                                     "images/) or annotation file")
+    train.add_argument("--val", default=None, help="validation dataset (default: hold out the last "
+                                                   f"{d.val_fraction:.0%} of --data)")
+    for name, kind, meta in (("epochs", int, "N"), ("batch_size", int, "N"), ("lr", float, "F"),
+                             ("seed", int, "N"), ("warmup_iters", int, "N"), ("min_size", int, "N"),
+                             ("max_size", int, "N"), ("nms_thresh", float, "F"), ("workers", int, "N"),
+                             ("max_iters", int, "N")):
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=meta,
+                           default=getattr(d, name), help=f"(default: {getattr(d, name)})")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.set_defaults(run=_train)
+
+
+def _data_parser(sub: Any) -> None:
+    from odam.data.synthcrowd import STYLES
+
+    data = sub.add_parser("data", help="make or describe datasets")
+    data.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synthcrowd,stats}")
+    gen = data_sub.add_parser("synthcrowd", help="generate a SynthCrowd dataset",
+                              description="Write DIR/images/*.png, DIR/annotations.json (COCO) and "
+                                          "DIR/annotations.odgt (CrowdHuman). The same seed gives the same bytes.")
+    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--num-images", required=True, type=int, metavar="N")
+    gen.add_argument("--seed", required=True, type=int, metavar="S")
+    gen.add_argument("--size", type=int, default=320, metavar="N", help="image side in pixels (default: 320)")
+    gen.add_argument("--style", choices=STYLES, default="crowd", help="(default: crowd)")
+    gen.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4), metavar="N",
+                     help="rendering processes (default: CPU count, at most 4)")
+    gen.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gen.set_defaults(run=_synthcrowd)
+    stats = data_sub.add_parser("stats", help="print a dataset's crowd statistics",
+                                description="Objects per image, pairs of full boxes with IoU > 0.5 per image, "
+                                            "and the occlusion histogram (1 - visible box area / full box area).")
+    stats.add_argument("datasets", nargs="+", metavar="DIR")
+    stats.add_argument("--write", type=Path, default=None, metavar="FILE",
+                       help="also replace the statistics block of this Markdown file")
+    stats.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    stats.set_defaults(run=_stats)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from odam.train import TrainConfig, train
+
+    device = _device(args.device)
+    config = TrainConfig(model=args.model, backbone=args.backbone, data=args.data, out=str(args.out), val=args.val,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_iters=args.warmup_iters, min_size=args.min_size, max_size=args.max_size,
+                         nms_thresh=args.nms_thresh, workers=args.workers, max_iters=args.max_iters,
+                         device=str(device))
+    state = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = state["metrics"]
+        print(f"odam train: {args.out}: COCO mAP {m['mAP']:.3f}, AP50 {m['AP50']:.3f} on {m['val_images']} "
+              "validation images")
+    return 0
+
+
+def _synthcrowd(args: argparse.Namespace) -> int:
+    from odam.data.synthcrowd import generate
+
+    data = generate(args.out, args.num_images, args.seed, size=args.size, style=args.style, workers=args.workers)
+    objects = sum(len(r) for r in data.images)
+    print(f"odam data synthcrowd: {len(data)} images, {objects} objects -> {args.out}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from odam.data.io import read_dataset
+    from odam.data.stats import crowd_statistics, markdown, write_block
+
+    rows = [crowd_statistics(read_dataset(d), name=str(d)) for d in args.datasets]
+    text = markdown(rows)
+    print(text)
+    if args.write is not None:
+        write_block(args.write, "synthcrowd_stats", text)
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -1,12 +1,19 @@
-"""A small model factory (``create_model("torchvision:fcos_resnet50_fpn")``) and safetensors checkpoints.
+"""A small model factory and safetensors checkpoints.
+
+``create_model`` accepts three kinds of name:
+
+* ``"torchvision:<builder>"``: a torchvision detector builder from :data:`BUILDERS`;
+* ``"odam:<arch>"``: an architecture that ``odam train`` builds (:mod:`odam.architectures`), with keywords
+  such as ``backbone`` and ``num_classes``;
+* a bundled detector from :data:`BUNDLED` (``"synthcrowd-fcos"``), or the path of a checkpoint directory.
 
 A checkpoint is a directory with ``model.safetensors`` (the state dict) and ``config.json``::
 
-    {"format": "odam-checkpoint", "version": 1, "spec": "torchvision:fcos_resnet50_fpn",
-     "kwargs": {"num_classes": 3}, "categories": ["cat", "dog", "bird"]}
+    {"format": "odam-checkpoint", "version": 1, "spec": "odam:fcos",
+     "kwargs": {"backbone": "tiny", "num_classes": 2}, "categories": ["person"], ...}
 
 Loading builds ``create_model(spec, weights="none", **kwargs)`` and loads the tensors into it; nothing is ever
-unpickled.
+unpickled. Other keys (``preprocessing``, ``training``, ``metrics``) are carried along for the reader.
 """
 
 from __future__ import annotations
@@ -41,7 +48,11 @@ BUILDERS: tuple[str, ...] = (
 )
 WEIGHTS: tuple[str, ...] = ("default", "none")
 
+#: Detectors trained by odam and shipped inside the package (see docs/MODELS.md).
+BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn")
+
 _PREFIX = "torchvision:"
+_ODAM = "odam:"
 _FORMAT = "odam-checkpoint"
 _VERSION = 1
 _CONFIG = "config.json"
@@ -52,11 +63,13 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     """Build a detector from a name, or load one from an odam checkpoint; returned in eval mode.
 
     Args:
-        spec: ``"torchvision:<builder>"`` with a builder from :data:`BUILDERS`, or the path of an odam
+        spec: ``"torchvision:<builder>"`` with a builder from :data:`BUILDERS`, ``"odam:<arch>"`` (see
+            :func:`odam.architectures.build_detector`), a name from :data:`BUNDLED`, or the path of an odam
             checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`.
-        weights: for builders only: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
+        weights: for torchvision builders only: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
             by torchvision on first use), ``"none"`` gives random weights and no pretrained backbone
-            (offline). A checkpoint always brings its own weights.
+            (offline). ``odam:`` architectures have no pretrained weights and are always random; a bundled
+            model or checkpoint always brings its own weights.
         **kwargs: passed to the torchvision builder, e.g. ``num_classes``, ``min_size``, ``score_thresh``.
 
     Returns:
@@ -78,13 +91,24 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if spec.startswith(_PREFIX):
         return _build(spec[len(_PREFIX):], weights, kwargs)
+    if spec.startswith(_ODAM):
+        from odam.architectures import build_detector
+
+        try:
+            return build_detector(spec[len(_ODAM):], **kwargs)
+        except TypeError as err:  # an unexpected keyword argument
+            raise ValueError(f"{spec} rejects its keywords: {err}") from err
+    if spec in BUNDLED:
+        if kwargs:
+            raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with bundled model {spec}")
+        return load_checkpoint(bundled_path(spec))[0]
     if spec and Path(spec).exists():
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with checkpoint {spec}")
         return load_checkpoint(spec)[0]
     raise ValueError(
-        f"unknown model spec {spec!r}: expected '{_PREFIX}<builder>' with builder one of "
-        f"{', '.join(BUILDERS)}, or the path of an odam checkpoint directory"
+        f"unknown model {spec!r}: expected one of {', '.join(BUNDLED)}, '{_PREFIX}<builder>' with builder one of "
+        f"{', '.join(BUILDERS)}, '{_ODAM}<arch>', or the path of an odam checkpoint directory"
     )
 
 
@@ -132,6 +156,7 @@ def save_checkpoint(
     spec: str,
     kwargs: dict[str, Any] | None = None,
     categories: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as an odam checkpoint: ``directory/model.safetensors`` and ``directory/config.json``.
 
@@ -140,9 +165,11 @@ def save_checkpoint(
     Args:
         model: a detector built by ``create_model(spec, **kwargs)`` (possibly trained since).
         directory: created if missing; existing checkpoint files in it are replaced.
-        spec: ``"torchvision:<builder>"``, how to rebuild the architecture.
+        spec: ``"torchvision:<builder>"`` or ``"odam:<arch>"``, how to rebuild the architecture.
         kwargs: builder keywords (JSON-serialisable) needed to rebuild it, e.g. ``{"num_classes": 3}``.
         categories: class names indexed by label, or ``None``.
+        extra: more JSON-serialisable entries for ``config.json`` (``preprocessing``, ``training``,
+            ``metrics``); they cannot replace the entries above.
 
     Returns:
         The directory.
@@ -157,9 +184,9 @@ def save_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected an nn.Module, got {type(model).__name__}")
-    if not isinstance(spec, str) or not spec.startswith(_PREFIX) or spec[len(_PREFIX):] not in BUILDERS:
+    if not _valid_spec(spec):
         raise ValueError(f"spec must be '{_PREFIX}<builder>' with builder one of {', '.join(BUILDERS)}, "
-                         f"got {spec!r}")
+                         f"or '{_ODAM}<arch>' with arch one of {', '.join(_architectures())}, got {spec!r}")
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise ValueError(f"kwargs must be a dict with string keys, got {kwargs!r}")
@@ -169,6 +196,11 @@ def save_checkpoint(
         raise ValueError(f"categories must be a list of strings or None, got {categories!r}")
     config = {"format": _FORMAT, "version": _VERSION, "spec": spec, "kwargs": kwargs,
               "categories": None if categories is None else list(categories)}
+    extra = {} if extra is None else extra
+    clash = sorted(set(extra) & set(config))
+    if clash:
+        raise ValueError(f"extra entries {clash} would replace the checkpoint's own")
+    config.update(extra)
     try:
         text = json.dumps(config, indent=2, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -238,8 +270,8 @@ def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if config.get("version") != _VERSION:
         raise _Invalid(f"unsupported version {config.get('version')!r}, expected {_VERSION}")
     spec, kwargs = config.get("spec"), config.get("kwargs", {})
-    if not isinstance(spec, str) or not spec.startswith(_PREFIX):
-        raise _Invalid(f"spec must be '{_PREFIX}<builder>', got {spec!r}")
+    if not isinstance(spec, str) or not spec.startswith((_PREFIX, _ODAM)):
+        raise _Invalid(f"spec must be '{_PREFIX}<builder>' or '{_ODAM}<arch>', got {spec!r}")
     if not isinstance(kwargs, dict):
         raise _Invalid(f"kwargs must be an object, got {kwargs!r}")
     categories = config.get("categories")
@@ -348,10 +380,37 @@ def configure(
     return model
 
 
+def bundled_path(name: str) -> Path:
+    """The checkpoint directory of a bundled detector, inside the installed package.
+
+    Example:
+        >>> bundled_path("synthcrowd-fcos").name
+        'synthcrowd-fcos'
+    """
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; choose from {', '.join(BUNDLED)}")
+    return Path(__file__).parent / "weights" / name
+
+
+def _architectures() -> tuple[str, ...]:
+    from odam.architectures import ARCHITECTURES
+
+    return ARCHITECTURES
+
+
+def _valid_spec(spec: Any) -> bool:
+    if not isinstance(spec, str):
+        return False
+    if spec.startswith(_PREFIX):
+        return spec[len(_PREFIX):] in BUILDERS
+    return spec.startswith(_ODAM) and spec[len(_ODAM):] in _architectures()
+
+
 def _atomic(target: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         write(tmp)
         os.replace(tmp, target)
     except BaseException:

@@ -14,11 +14,12 @@ __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "
            "SUPPORTED"]
 
 
-def wrap_detector(model: nn.Module | DetectorAdapter) -> DetectorAdapter:
+def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None) -> DetectorAdapter:
     """Wrap a torchvision detector in an adapter with ``detect(image) -> Detections``.
 
     Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN, ``_v2`` variants included.
-    An adapter passed in is returned as it is.
+    An adapter passed in is returned as it is. ``categories`` names the classes, label ``l`` being
+    ``categories[l - 1]`` (label 0 is background).
 
     Raises:
         TypeError: for any other model, naming what is supported.
@@ -32,9 +33,9 @@ def wrap_detector(model: nn.Module | DetectorAdapter) -> DetectorAdapter:
     if isinstance(model, DetectorAdapter):
         return model
     if isinstance(model, (FCOS, RetinaNet)):
-        return OneStageAdapter(model)
+        return OneStageAdapter(model, categories)
     if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
-        return TwoStageAdapter(model)
+        return TwoStageAdapter(model, categories)
     raise TypeError(
         f"unsupported detector {type(model).__name__}; odam supports torchvision {', '.join(SUPPORTED)}"
         " (and their _v2 variants)"

@@ -218,8 +218,10 @@ class DetectorAdapter(abc.ABC):
     #: Attribute names this adapter can explain.
     targets: tuple[str, ...] = TARGETS
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None) -> None:
         self.model = model
+        #: class names indexed by ``label - 1`` (as odam-trained detectors number them), or ``None``.
+        self.categories = None if categories is None else tuple(categories)
 
     @property
     def device(self) -> torch.device:

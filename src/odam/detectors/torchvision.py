@@ -105,8 +105,8 @@ def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, 
 class OneStageAdapter(DetectorAdapter):
     """FCOS and RetinaNet (and their ``_v2`` variants)."""
 
-    def __init__(self, model: FCOS | RetinaNet) -> None:
-        super().__init__(model)
+    def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None) -> None:
+        super().__init__(model, categories)
         self.is_fcos = isinstance(model, FCOS)
 
     def _head(self, features: list[Tensor]) -> list[dict[str, Tensor]]:

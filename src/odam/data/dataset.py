@@ -1,0 +1,80 @@
+"""The one in-memory form of a detection dataset, shared by the readers, the writers, training and evaluation.
+
+Boxes are ``xyxy`` in image pixels, float32. Labels are 1-based indices into ``Dataset.categories``
+(label ``l`` is ``categories[l - 1]``; 0 is torchvision's background), so a detector for a dataset has
+``num_classes = len(categories) + 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: A COCO run-length encoding: ``{"size": [height, width], "counts": str}`` (compressed, as pycocotools writes).
+RLE = dict[str, Any]
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be read; the message is one line naming the file, the place and the problem."""
+
+
+@dataclass(eq=False)
+class ImageRecord:
+    """One image and its objects.
+
+    Attributes:
+        id: the image id (COCO ``image.id``; for odgt, the line number starting at 1).
+        file: the image file, resolved against the dataset's image folder.
+        width, height: image size in pixels.
+        boxes: Tensor-like ``float32 [N, 4]``: the full (amodal) box of each object, ``xyxy``.
+        labels: ``int64 [N]``: 1-based category index.
+        ignore: ``bool [N]``: objects to ignore in training and evaluation (COCO ``iscrowd``, odgt
+            ``extra.ignore``).
+        vboxes: ``float32 [N, 4]``: the visible box, ``xyxy``; NaN where the source has none.
+        hboxes: ``float32 [N, 4]``: the head box, ``xyxy``; NaN where the source has none.
+        masks: the visible instance mask of each object as COCO RLE, or ``None`` where the source has none
+            (odgt has no masks).
+        ann_ids: ``int64 [N]``: the annotation ids (COCO ``annotation.id``; for odgt, 1-based running ids).
+    """
+
+    id: int
+    file: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+    vboxes: np.ndarray
+    hboxes: np.ndarray
+    masks: list[RLE] | None
+    ann_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A list of images with their objects, and the category names.
+
+    Attributes:
+        images: the images, in file order.
+        categories: category names; label ``l`` is ``categories[l - 1]``.
+        source: the annotation file this was read from, or ``None`` for a dataset built in memory.
+    """
+
+    images: list[ImageRecord]
+    categories: tuple[str, ...]
+    source: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        """``len(categories) + 1``: what a torchvision detector for this dataset needs (0 is background)."""
+        return len(self.categories) + 1

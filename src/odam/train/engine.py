@@ -1,0 +1,458 @@
+"""The training loop behind ``odam train``: one process, or one per device under ``torchrun`` (DDP).
+
+Design choices (see docs/MODELS.md):
+
+* **Reproducible by construction.** Every random choice of epoch ``e`` (the order of images, flips, the
+  scale jitter and the detectors' own samplers) comes from seeds derived from ``(seed, e)``, set at the start
+  of the epoch. A checkpoint therefore needs only the weights, the momentum buffers and the epoch number, and
+  a resumed run replays exactly what an uninterrupted one would have done.
+* **Atomic checkpoints.** After every epoch, rank 0 writes ``train_state.safetensors`` (weights and momentum;
+  its metadata holds the full JSON state) and then the loadable model checkpoint (``model.safetensors`` and
+  ``config.json``), each to a temporary name and then renamed. A run killed at any moment resumes from the
+  last complete epoch.
+* **Data parallel.** Under ``torchrun`` each rank takes every ``world``-th image of the epoch's permutation
+  (disjoint shards, equal length), gradients are averaged by ``DistributedDataParallel`` (gloo on CPU, nccl
+  on CUDA), and at the end the ranks compare weight digests and refuse to save diverged weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from PIL import Image
+from safetensors import SafetensorError
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from odam.architectures import ARCHITECTURES, BACKBONES
+from odam.data.dataset import Dataset, DatasetError, ImageRecord
+from odam.models import _atomic, create_model, save_checkpoint
+
+_STATE = "train_state.safetensors"
+_STATE_JSON = "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the checkpoint (``training``).
+
+    Attributes:
+        model: ``"fcos"``, ``"retinanet"`` or ``"fasterrcnn"``.
+        backbone: see :data:`odam.architectures.BACKBONES`.
+        data: the training dataset (a folder with ``annotations.json`` or ``annotations.odgt``, or the file).
+        out: the checkpoint folder.
+        val: the validation dataset; ``None`` holds out the last ``val_fraction`` of ``data``.
+        epochs, batch_size: batch size per process.
+        lr: peak learning rate, reached after ``warmup_iters`` linear warm-up steps, then cosine decay to 0.
+        momentum, weight_decay: SGD's (no decay on biases and norm weights).
+        clip_grad: gradient-norm clipping threshold.
+        seed: the seed every random choice derives from.
+        min_size, max_size: the model's resize limits at inference.
+        jitter: scale jitter: training resizes to a random multiple of 32 in ``[jitter_lo, jitter_hi] * min_size``.
+        flip: probability of a horizontal flip.
+        nms_thresh, score_thresh: the model's inference settings.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
+        workers: data-loading processes per rank.
+        max_iters: stop each epoch after this many iterations (for smoke tests); ``None`` for all.
+    """
+
+    model: str
+    data: str
+    out: str
+    backbone: str = "tiny"
+    val: str | None = None
+    val_fraction: float = 0.05
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 300
+    clip_grad: float = 10.0
+    seed: int = 0
+    min_size: int = 320
+    max_size: int = 320
+    jitter: tuple[float, float] = (0.8, 1.2)
+    flip: float = 0.5
+    nms_thresh: float = 0.6
+    score_thresh: float = 0.05
+    device: str = "cpu"
+    workers: int = 0
+    max_iters: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.model not in ARCHITECTURES:
+            raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(ARCHITECTURES)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
+        for name in ("epochs", "batch_size", "min_size", "max_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        lo, hi = self.jitter
+        if not 0 < lo <= 1.0 <= hi:
+            raise ValueError(f"jitter must satisfy 0 < low <= 1 <= high, got {self.jitter!r}")
+
+    def model_kwargs(self, num_classes: int) -> dict[str, Any]:
+        return {"backbone": self.backbone, "num_classes": num_classes, "min_size": self.min_size,
+                "max_size": self.max_size, "nms_thresh": self.nms_thresh, "score_thresh": self.score_thresh}
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_image_tensor(record: ImageRecord) -> Tensor:
+    """The image of ``record`` as ``float32 [3, H, W]`` in [0, 1]; a one-line DatasetError if unreadable."""
+    try:
+        with Image.open(record.file) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{record.file}: cannot read image: {' '.join(str(err).split())}") from err
+    if array.shape[:2] != (record.height, record.width):
+        raise DatasetError(f"{record.file}: image is {array.shape[1]}x{array.shape[0]}, the annotations say "
+                           f"{record.width}x{record.height}")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def training_target(record: ImageRecord, flip: bool) -> dict[str, Tensor]:
+    """Boxes clipped to the image, ignored objects and boxes under one pixel dropped, optionally mirrored."""
+    boxes = torch.from_numpy(record.boxes.astype(np.float32)).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, record.width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, record.height)
+    keep = ~torch.from_numpy(record.ignore.astype(bool))
+    keep &= (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    boxes, labels = boxes[keep], torch.from_numpy(record.labels.astype(np.int64))[keep]
+    if flip:
+        boxes = torch.stack([record.width - boxes[:, 2], boxes[:, 1], record.width - boxes[:, 0], boxes[:, 3]], 1)
+    return {"boxes": boxes, "labels": labels}
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, dataset: Dataset, plan: list[tuple[int, bool]]) -> None:
+        self.dataset, self.plan = dataset, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        index, flip = self.plan[i]
+        record = self.dataset.images[index]
+        image = load_image_tensor(record)
+        return (image.flip(-1) if flip else image), training_target(record, flip)
+
+
+def shard(num_images: int, epoch: int, seed: int, rank: int, world: int, batch_size: int,
+          flip: float = 0.5) -> list[tuple[int, bool]]:
+    """This rank's ``(image index, flip)`` plan for one epoch: every ``world``-th item of a seeded permutation,
+    cut to a whole number of batches so that all ranks run the same number of steps.
+
+    Example:
+        >>> a = shard(10, epoch=0, seed=1, rank=0, world=2, batch_size=2)
+        >>> b = shard(10, epoch=0, seed=1, rank=1, world=2, batch_size=2)
+        >>> len(a), len(b), set(i for i, _ in a).isdisjoint(i for i, _ in b)
+        (4, 4, True)
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_images)
+    flips = rng.random(num_images)
+    steps = num_images // (world * batch_size)
+    mine = order[rank::world][: steps * batch_size]
+    return [(int(i), bool(flips[i] < flip)) for i in mine]
+
+
+def _iters_per_epoch(config: TrainConfig, num_images: int, world: int) -> int:
+    steps = num_images // (world * config.batch_size)
+    if steps == 0:
+        raise ValueError(f"{num_images} training images cannot fill one batch of {config.batch_size} on "
+                         f"{world} process(es); lower --batch-size")
+    return steps if config.max_iters is None else min(steps, config.max_iters)
+
+
+# ------------------------------------------------------------------------------------------- schedule
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up from ``lr / 1000`` over ``warmup_iters`` steps, then cosine decay to 0 at ``total``.
+
+    Example:
+        >>> c = TrainConfig(model="fcos", data="", out="", lr=0.1, warmup_iters=10)
+        >>> round(learning_rate(c, 0, 110), 6), learning_rate(c, 10, 110), round(learning_rate(c, 60, 110), 6)
+        (0.0001, 0.1, 0.05)
+    """
+    warm = min(config.warmup_iters, max(total - 1, 0))
+    if step < warm:
+        return config.lr * (0.001 + 0.999 * step / warm)
+    span = max(total - warm, 1)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / span))
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    torch.manual_seed(int(np.random.default_rng([seed, epoch, 7]).integers(2**62)))
+
+
+def _jitter_sizes(config: TrainConfig) -> tuple[int, ...]:
+    lo, hi = config.jitter
+    sizes = range(int(math.ceil(config.min_size * lo / 32)) * 32, int(config.min_size * hi) + 1, 32)
+    return tuple(sorted({*sizes, config.min_size})) or (config.min_size,)
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else plain).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a detector and write its checkpoint to ``config.out``; returns the final JSON state.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains with DDP.
+
+    Raises:
+        ValueError: for bad settings, unreadable data, or a checkpoint that does not fit ``--resume``.
+    """
+    from odam.data.io import read_dataset
+
+    config.check()
+    rank, world, local = _distributed()
+    device = torch.device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, read_dataset, rank, world, device, resume, progress and rank == 0)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[str, Any]:
+    data = read_dataset(config.data)
+    if config.val is not None:
+        train_set, val_set = data, read_dataset(config.val)
+        if val_set.categories != data.categories:
+            raise ValueError(f"validation categories {val_set.categories} differ from training {data.categories}")
+    else:
+        train_set, val_set = split(data, config.val_fraction)
+    out = Path(config.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    kwargs = config.model_kwargs(data.num_classes)
+    model = create_model(f"odam:{config.model}", **kwargs).to(device)
+    optimizer = torch.optim.SGD(_parameter_groups(model, config.weight_decay), lr=config.lr,
+                                momentum=config.momentum)
+    iters = _iters_per_epoch(config, len(train_set), world)
+    total = iters * config.epochs
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "training": _jsonable(config),
+                             "categories": list(data.categories), "world_size": world}
+    if resume:
+        state = _restore(out, config, model, optimizer, device)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    if scaler is not None and "grad_scale" in state:
+        scaler.update(float(state["grad_scale"]))
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_sizes = (model.transform.min_size, model.transform.max_size)
+    sizes = _jitter_sizes(config)
+    bar = tqdm(total=total, initial=state["step"], desc=f"train {config.model}", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for epoch in range(state["epoch"], config.epochs):
+            _seed_epoch(config.seed, epoch)
+            plan = shard(len(train_set), epoch, config.seed, rank, world, config.batch_size, config.flip)
+            model.train()
+            model.transform.min_size, model.transform.max_size = sizes, max(config.max_size, max(sizes))
+            sums: dict[str, float] = {}
+            for batch_index, (images, targets) in enumerate(_batches(train_set, plan, config)):
+                if batch_index >= iters:
+                    break
+                lr = learning_rate(config, state["step"], total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
+                    losses = net(images, targets)
+                    loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {batch_index + 1}"
+                                             "; lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    optimizer.step()
+                state["step"] += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                shown = {_short(k): f"{v / (batch_index + 1):.3f}" for k, v in sums.items()}
+                bar.set_postfix(shown | {"lr": f"{lr:.2g}"})
+                bar.update()
+            model.transform.min_size, model.transform.max_size = eval_sizes
+            seen = _gather([i for i, _ in plan[: iters * config.batch_size]], world)
+            state["epoch"] = epoch + 1
+            state["history"].append({
+                "epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}, "lr_end": lr,
+                "images_per_rank": [len(s) for s in seen], "distinct_images": len(set().union(*map(set, seen))),
+            })
+            if scaler is not None:
+                state["grad_scale"] = float(scaler.get_scale())
+            if rank == 0:
+                _save(out, model, optimizer, state, config, data)
+            if world > 1:
+                dist.barrier()
+    finally:
+        bar.close()
+        model.transform.min_size, model.transform.max_size = eval_sizes
+    digests = _gather(_digest(model), world)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks hold different weights after training: {digests}")
+    state["rank_weight_sha256"] = digests
+    if rank == 0 and "metrics" not in state:
+        from odam.train.evaluate import evaluate_coco
+
+        model.eval()
+        state["metrics"] = evaluate_coco(model, val_set, progress=progress) | {"val_images": len(val_set)}
+        _save(out, model, optimizer, state, config, data)
+    return state
+
+
+def split(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+    """Hold out the last ``ceil(fraction * N)`` images (at least one when ``fraction`` > 0) for validation."""
+    n_val = 0 if fraction == 0 else max(1, math.ceil(fraction * len(data)))
+    if n_val >= len(data):
+        raise ValueError(f"cannot hold out {n_val} of {len(data)} images for validation; pass --val DIR")
+    cut = len(data) - n_val
+    return (Dataset(data.images[:cut], data.categories, data.source),
+            Dataset(data.images[cut:], data.categories, data.source))
+
+
+def _batches(dataset: Dataset, plan: list[tuple[int, bool]], config: TrainConfig) -> Iterator:
+    loader = torch.utils.data.DataLoader(_Samples(dataset, plan), batch_size=config.batch_size, shuffle=False,
+                                         num_workers=config.workers, collate_fn=lambda b: tuple(zip(*b, strict=True)))
+    return iter(loader)
+
+
+def _short(name: str) -> str:
+    return {"classification": "cls", "bbox_regression": "box", "bbox_ctrness": "ctr", "loss_classifier": "cls",
+            "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn"}.get(name, name)
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["jitter"] = list(config.jitter)
+    return d
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+          config: TrainConfig, data: Dataset) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{names[id(p)]}"] = buf.detach().to("cpu").contiguous().clone()
+    text = json.dumps(state, indent=2, allow_nan=False)
+    _atomic(out / _STATE, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"state": text}))
+    _atomic(out / _STATE_JSON, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    extra = {
+        "preprocessing": {"min_size": config.min_size, "max_size": config.max_size,
+                          "image_mean": list(model.transform.image_mean), "image_std": list(model.transform.image_std),
+                          "input": "RGB float in [0, 1]"},
+        "training": state["training"], "epochs_done": state["epoch"], "history": state["history"],
+    }
+    if "metrics" in state:
+        extra["metrics"] = state["metrics"]
+    save_checkpoint(model, out, spec=f"odam:{config.model}", kwargs=config.model_kwargs(data.num_classes),
+                    categories=list(data.categories), extra=extra)
+
+
+def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+             device: torch.device) -> dict[str, Any]:
+    path = out / _STATE
+    if not path.is_file():
+        raise ValueError(f"cannot resume: {path} does not exist (start without --resume)")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = safetensors.torch.load_file(str(path), device=str(device))
+        state = json.loads(meta["state"])
+    except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot resume from {path}: {' '.join(str(err).split())}") from err
+    before = state["training"]
+    for key in ("model", "backbone", "data", "seed", "batch_size", "epochs", "lr", "min_size", "max_size"):
+        now = _jsonable(config)[key]
+        if before.get(key) != now:
+            raise ValueError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, now {now!r}")
+    if state.get("world_size", 1) != int(os.environ.get("WORLD_SIZE", "1")):
+        print(f"odam: warning: resuming a {state.get('world_size', 1)}-process run with "
+              f"{os.environ.get('WORLD_SIZE', '1')} process(es); the result will differ from an uninterrupted run",
+              file=sys.stderr)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, p in model.named_parameters():
+        buf = tensors.get(f"momentum.{name}")
+        if buf is not None:
+            optimizer.state[p]["momentum_buffer"] = buf
+    state["training"] = _jsonable(config)
+    return state

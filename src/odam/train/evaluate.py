@@ -1,0 +1,83 @@
+"""COCO box mAP of a detector on an odam dataset, computed by pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+from tqdm import tqdm
+
+from odam.data.dataset import Dataset
+
+
+def ground_truth(dataset: Dataset) -> COCO:
+    """A pycocotools ``COCO`` of ``dataset`` whose boxes are clipped to the image and whose ignored objects are
+    ``iscrowd`` regions: detectors predict inside the image, and COCOeval neither rewards nor penalises
+    detections of ignored objects."""
+    from odam.data.io import to_coco_dict
+
+    data = copy.deepcopy(to_coco_dict(dataset))
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    for ann in data["annotations"]:
+        w, h = sizes[ann["image_id"]]
+        x0, y0, bw, bh = ann["bbox"]
+        x1, y1 = min(x0 + bw, w), min(y0 + bh, h)
+        x0, y0 = max(x0, 0.0), max(y0, 0.0)
+        ann["bbox"] = [x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)]
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+        ann.pop("segmentation", None)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+@torch.no_grad()
+def detections_as_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """Run ``model`` (eval mode) over ``dataset``; COCO result dicts with ``bbox`` as ``[x, y, w, h]``."""
+    from odam.train.engine import load_image_tensor
+
+    device = next(model.parameters()).device
+    results = []
+    images = dataset.images
+    for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch", disable=not progress):
+        chunk = images[start:start + batch_size]
+        outputs = model([load_image_tensor(r).to(device) for r in chunk])
+        for record, out in zip(chunk, outputs, strict=True):
+            boxes = out["boxes"].cpu().numpy().astype(np.float64)
+            scores, labels = out["scores"].cpu().tolist(), out["labels"].cpu().tolist()
+            for box, score, label in zip(boxes, scores, labels, strict=True):
+                results.append({"image_id": record.id, "category_id": int(label),
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+    return results
+
+
+def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, progress: bool = True) -> dict:
+    """COCO box AP over IoU 0.50:0.95 (``mAP``) and at IoU 0.5 (``AP50``), by pycocotools' COCOeval.
+
+    Category ids are the dataset's labels (1-based), which odam-trained detectors predict directly.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        results = detections_as_coco(model, dataset, batch_size=batch_size, progress=progress)
+    finally:
+        model.train(was_training)
+    gt = ground_truth(dataset)
+    if not results:
+        return {"mAP": 0.0, "AP50": 0.0, "detections": 0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.maxDets = [1, 10, 100]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"mAP": round(float(ev.stats[0]), 4), "AP50": round(float(ev.stats[1]), 4), "detections": len(results)}
