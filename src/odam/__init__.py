@@ -12,7 +12,7 @@ Example:
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
 from odam.explainers import ODAM
-from odam.models import create_model, load_checkpoint, save_checkpoint
+from odam.models import create_model, load_checkpoint, load_detector, save_checkpoint
 from odam.structures import TARGETS, Detections, Explanation
 from odam.viz import overlay, save_overlay, save_panel
 
@@ -26,6 +26,7 @@ __all__ = [
     "Explanation",
     "create_model",
     "load_checkpoint",
+    "load_detector",
     "load_image",
     "overlay",
     "save_checkpoint",

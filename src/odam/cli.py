@@ -1,8 +1,9 @@
 """The ``odam`` command: a thin layer over the public API.
 
-``odam explain IMAGE... --model SPEC --out DIR`` writes one panel PNG per detection and ``explanations.json``;
-``odam demo --out DIR`` does the same on a bundled photo. Every error is one line on stderr
-(``odam: error: ...``) and exit status 2; ``--debug`` shows the traceback instead.
+``odam explain IMAGE... [--model SPEC] --out DIR`` writes one panel PNG per detection and ``explanations.json``
+(the bundled ``synthcrowd-fcos`` is the default model); ``odam demo --out DIR`` does the same on a bundled
+SynthCrowd scene. ``odam train`` trains a detector and ``odam data`` makes and describes datasets.
+Every error is one line on stderr (``odam: error: ...``) and exit status 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from tqdm import tqdm
 import odam
 from odam.detectors.base import LayerError
 from odam.explainers.odam import _check_targets
-from odam.models import configure
+from odam.models import BUNDLED, configure
 from odam.viz import save_panel
 
 EXIT_ERROR = 2
-DEMO_SPEC = "torchvision:fcos_resnet50_fpn"
+DEFAULT_MODEL = "synthcrowd-fcos"
+#: A SynthCrowd crowd scene (seed 3, image 0, never used for training), shipped with the package.
+DEMO_SCENE = Path(__file__).parent / "assets" / "synthcrowd-scene.png"
+DEMO_SCORE_THRESHOLD = 0.5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", parents=[common], help="explain every detection in some images",
                              description="Write one panel PNG per detection and DIR/explanations.json.")
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    explain.add_argument("--model", required=True, metavar="SPEC",
-                         help="'torchvision:<builder>' (e.g. torchvision:fcos_resnet50_fpn) or an odam "
+    explain.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                         help=f"a bundled model ({', '.join(BUNDLED)}; default {DEFAULT_MODEL}), "
+                              "'torchvision:<builder>' (e.g. torchvision:fcos_resnet50_fpn) or an odam "
                               "checkpoint directory")
     explain.add_argument("--weights", choices=("default", "none"), default="default",
                          help="for torchvision: specs: pretrained COCO weights (default, downloaded once) "
@@ -92,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="also write DIR/<image>_maps.npz with the raw maps, boxes, scores and labels")
     explain.set_defaults(run=_explain)
 
-    demo = sub.add_parser("demo", parents=[common], help="run on a bundled photo (placeholder model)",
-                          description="Explain a small seeded model on matplotlib's bundled photo.")
+    demo = sub.add_parser("demo", parents=[common], help=f"explain {DEFAULT_MODEL} on a bundled scene",
+                          description=f"Explain every detection of the bundled {DEFAULT_MODEL} (score >= "
+                                      f"{DEMO_SCORE_THRESHOLD}) on a bundled SynthCrowd scene.")
     demo.set_defaults(run=_demo)
     _train_parser(sub, common)
     _data_parser(sub)
@@ -195,12 +201,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     targets = _parse_targets(args.targets)
     device = _device(args.device)
-    categories = None
-    if Path(args.model).exists():
-        model, config = odam.load_checkpoint(args.model)
-        categories = config["categories"]
-    else:
-        model = odam.create_model(args.model, weights=args.weights)
+    detector = odam.load_detector(args.model, weights=args.weights)
+    model, categories = detector.model, detector.categories
     configure(model, score_threshold=args.score_threshold, max_detections=args.max_detections,
               min_size=args.min_size, max_size=args.max_size)
     _check_layer(model, args.layer)
@@ -211,18 +213,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from matplotlib import cbook
-
     device = _device(args.device)
-    torch.manual_seed(0)
-    model = odam.create_model(DEMO_SPEC, weights="none", num_classes=3)
-    configure(model, score_threshold=0.0, max_detections=4, min_size=320, max_size=480)
-    model.to(device)
-    photo = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    print(f"odam demo: {DEMO_SPEC} with RANDOM PLACEHOLDER WEIGHTS (seed 0, 3 classes): the boxes and maps "
-          "show the pipeline, not a trained detector")
-    failed = explain_images(model, [photo], args.out, spec=DEMO_SPEC, targets=odam.TARGETS,
-                            debug=args.debug)
+    detector = odam.load_detector(DEFAULT_MODEL)
+    model = configure(detector.model, score_threshold=DEMO_SCORE_THRESHOLD).to(device)
+    print(f"odam demo: {DEFAULT_MODEL} (trained on SynthCrowd, see docs/MODELS.md) on {DEMO_SCENE.name}")
+    failed = explain_images(model, [str(DEMO_SCENE)], args.out, spec=DEFAULT_MODEL, targets=odam.TARGETS,
+                            class_names=detector.categories, debug=args.debug)
     return EXIT_ERROR if failed else 0
 
 

@@ -34,6 +34,8 @@ from torchvision.models import detection
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from odam.detectors.base import DetectorAdapter
+
 #: The torchvision builders ``create_model`` accepts, as ``"torchvision:<builder>"``.
 BUILDERS: tuple[str, ...] = (
     "fcos_resnet50_fpn",
@@ -378,6 +380,38 @@ def configure(
     if max_size is not None:
         model.transform.max_size = max_size
     return model
+
+
+def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", **kwargs: Any) -> DetectorAdapter:
+    """Build or load a detector and wrap it in its adapter, ready for :class:`odam.ODAM`.
+
+    Args:
+        name_or_path: a bundled name from :data:`BUNDLED` (``"synthcrowd-fcos"``, offline), the path of an
+            odam checkpoint, or a spec that :func:`create_model` accepts (``"torchvision:<builder>"``,
+            ``"odam:<arch>"``).
+        weights: for ``torchvision:`` specs, as in :func:`create_model`.
+        **kwargs: builder keywords for specs; not allowed with bundled models or checkpoints.
+
+    Returns:
+        The adapter; its ``categories`` are the checkpoint's class names (``None`` for a bare spec).
+
+    Raises:
+        ValueError: one line for an unknown name or an invalid checkpoint.
+
+    Example:
+        >>> detector = load_detector("synthcrowd-fcos")
+        >>> type(detector.model).__name__, detector.categories
+        ('FCOS', ('__background__', 'person'))
+    """
+    from odam.detectors import wrap_detector
+
+    spec = os.fspath(name_or_path)
+    if spec in BUNDLED or (not spec.startswith((_PREFIX, _ODAM)) and Path(spec).exists()):
+        if kwargs:
+            raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with {spec}")
+        model, config = load_checkpoint(bundled_path(spec) if spec in BUNDLED else spec)
+        return wrap_detector(model, config.get("categories"))
+    return wrap_detector(create_model(spec, weights=weights, **kwargs))
 
 
 def bundled_path(name: str) -> Path:

@@ -18,8 +18,8 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
     """Wrap a torchvision detector in an adapter with ``detect(image) -> Detections``.
 
     Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN, ``_v2`` variants included.
-    An adapter passed in is returned as it is. ``categories`` names the classes, label ``l`` being
-    ``categories[l - 1]`` (label 0 is background).
+    An adapter passed in is returned as it is. ``categories`` names the classes, indexed by label (as
+    torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0).
 
     Raises:
         TypeError: for any other model, naming what is supported.

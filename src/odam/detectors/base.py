@@ -220,7 +220,8 @@ class DetectorAdapter(abc.ABC):
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None) -> None:
         self.model = model
-        #: class names indexed by ``label - 1`` (as odam-trained detectors number them), or ``None``.
+        #: class names indexed by label, or ``None``; as in torchvision, models with a background class have
+        #: ``"__background__"`` at index 0.
         self.categories = None if categories is None else tuple(categories)
 
     @property

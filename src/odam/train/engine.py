@@ -12,7 +12,8 @@ Design choices (see docs/MODELS.md):
   last complete epoch.
 * **Data parallel.** Under ``torchrun`` each rank takes every ``world``-th image of the epoch's permutation
   (disjoint shards, equal length), gradients are averaged by ``DistributedDataParallel`` (gloo on CPU, nccl
-  on CUDA), and at the end the ranks compare weight digests and refuse to save diverged weights.
+  on CUDA), batch-norm running statistics are averaged over ranks after every epoch, and at the end the ranks
+  compare digests of their whole state and refuse to save diverged weights.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -41,6 +43,8 @@ from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
 from odam.models import _atomic, create_model, save_checkpoint
 
+#: The name of label 0 in checkpoint categories, which are indexed by label as torchvision's are.
+BACKGROUND = "__background__"
 _STATE = "train_state.safetensors"
 _STATE_JSON = "train_state.json"
 
@@ -205,7 +209,8 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
-    torch.manual_seed(int(np.random.default_rng([seed, epoch, 7]).integers(2**62)))
+    """Seed torch's global generator for epoch ``epoch`` (-1: the initial weights)."""
+    torch.manual_seed(int(np.random.default_rng([seed, epoch + 1, 7]).integers(2**62)))
 
 
 def _jitter_sizes(config: TrainConfig) -> tuple[int, ...]:
@@ -270,6 +275,7 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     kwargs = config.model_kwargs(data.num_classes)
+    _seed_epoch(config.seed, -1)  # the initial weights
     model = create_model(f"odam:{config.model}", **kwargs).to(device)
     optimizer = torch.optim.SGD(_parameter_groups(model, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum)
@@ -297,6 +303,7 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
             model.train()
             model.transform.min_size, model.transform.max_size = sizes, max(config.max_size, max(sizes))
             sums: dict[str, float] = {}
+            started = time.monotonic()
             for batch_index, (images, targets) in enumerate(_batches(train_set, plan, config)):
                 if batch_index >= iters:
                     break
@@ -330,10 +337,12 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
                 bar.set_postfix(shown | {"lr": f"{lr:.2g}"})
                 bar.update()
             model.transform.min_size, model.transform.max_size = eval_sizes
+            _average_buffers(model, world)
             seen = _gather([i for i, _ in plan[: iters * config.batch_size]], world)
             state["epoch"] = epoch + 1
             state["history"].append({
                 "epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}, "lr_end": lr,
+                "seconds": round(time.monotonic() - started, 1),
                 "images_per_rank": [len(s) for s in seen], "distinct_images": len(set().union(*map(set, seen))),
             })
             if scaler is not None:
@@ -387,6 +396,20 @@ def _gather(obj: Any, world: int) -> list[Any]:
     return out
 
 
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """Average floating-point buffers (batch-norm running statistics) over ranks.
+
+    DDP keeps parameters identical, but each rank's last forward pass updates its own running statistics.
+    """
+    if world == 1:
+        return
+    with torch.no_grad():
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b, op=dist.ReduceOp.SUM)
+                b.div_(world)
+
+
 def _digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
@@ -425,7 +448,7 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: 
     if "metrics" in state:
         extra["metrics"] = state["metrics"]
     save_checkpoint(model, out, spec=f"odam:{config.model}", kwargs=config.model_kwargs(data.num_classes),
-                    categories=list(data.categories), extra=extra)
+                    categories=[BACKGROUND, *data.categories], extra=extra)
 
 
 def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,

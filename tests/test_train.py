@@ -1,0 +1,167 @@
+"""The training engine: sharding, exact resume after SIGKILL, a 2-process DDP step, and COCO evaluation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import odam
+from odam.cli import main
+from odam.data.synthcrowd import generate
+from odam.train.engine import TrainConfig, learning_rate, shard
+from odam.train.evaluate import evaluate_coco
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthcrowd")
+    generate(root, 10, seed=21, size=128, progress=False)
+    return root
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--model", "fcos", "--data", str(data), "--val", str(data), "--out", str(out),
+            "--batch-size", "2", "--max-iters", "3", "--min-size", "128", "--max-size", "128",
+            "--warmup-iters", "2", "--seed", "4", "--device", "cpu", *extra]
+
+
+def _run(args, log):
+    """Start ``odam ARGS`` in a new process, its output going to the file ``log``."""
+    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "odam", *args], stdout=f, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_are_disjoint_equal_and_match_a_slow_reference(world):
+    n, batch, seed, epoch = 23, 2, 5, 3
+    plans = [shard(n, epoch, seed, r, world, batch) for r in range(world)]
+    indices = [[i for i, _ in p] for p in plans]
+    assert len({len(p) for p in plans}) == 1 and len(plans[0]) % batch == 0
+    assert len(set().union(*map(set, indices))) == sum(map(len, indices))
+    rng = np.random.default_rng([seed, epoch])
+    order, flips = list(rng.permutation(n)), rng.random(n)
+    steps = n // (world * batch)
+    for r in range(world):
+        expected = [(int(order[k]), bool(flips[order[k]] < 0.5)) for k in range(r, n, world)][: steps * batch]
+        assert plans[r] == expected
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    c = TrainConfig(model="fcos", data="", out="", lr=0.2, warmup_iters=4)
+    lrs = [learning_rate(c, s, 20) for s in range(21)]
+    assert lrs[0] == pytest.approx(0.2 * 0.001)
+    assert lrs[4] == pytest.approx(0.2) and max(lrs) == pytest.approx(0.2)
+    assert all(a < b for a, b in zip(lrs[:4], lrs[1:5], strict=True))
+    assert all(a >= b for a, b in zip(lrs[4:-1], lrs[5:], strict=True))
+    assert lrs[12] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.0, abs=1e-12)
+
+
+def _tensors(path):
+    return safetensors.torch.load_file(str(path / "model.safetensors"))
+
+
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path):
+    epochs = ["--epochs", "4"]
+    straight = _run(_train_args(tiny_data, tmp_path / "straight", *epochs), tmp_path / "straight.log")
+    killed = _run(_train_args(tiny_data, tmp_path / "killed", *epochs), tmp_path / "killed.log")
+    state_file = tmp_path / "killed" / "train_state.json"
+    deadline = time.monotonic() + 300
+    while not state_file.exists() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    done = json.loads(state_file.read_text())["epoch"]
+    assert 1 <= done < 4
+    assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-2000:]
+    resumed = _run(_train_args(tiny_data, tmp_path / "killed", *epochs, "--resume"), tmp_path / "resumed.log")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resumed.log").read_text()[-2000:]
+    a, b = _tensors(tmp_path / "straight"), _tensors(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    final = json.loads((tmp_path / "killed" / "config.json").read_text())
+    assert final["epochs_done"] == 4 and "AP50" in final["metrics"]
+    assert final["categories"] == ["__background__", "person"]
+    # the checkpoint is a loadable detector
+    detector = odam.load_detector(tmp_path / "killed")
+    assert detector.categories == ("__background__", "person")
+    assert type(detector.model).__name__ == "FCOS"
+
+
+def test_resume_refuses_a_changed_run(tiny_data, tmp_path, capsys):
+    assert main(_train_args(tiny_data, tmp_path, "--epochs", "1", "--max-iters", "1")) == 0
+    capsys.readouterr()
+    assert main(_train_args(tiny_data, tmp_path, "--epochs", "1", "--lr", "0.5", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained with lr=0.01, now 0.5" in err
+
+
+def test_two_process_ddp_step_keeps_ranks_identical_on_disjoint_shards(tiny_data, tmp_path):
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "odam",
+            *_train_args(tiny_data, tmp_path, "--epochs", "1", "--max-iters", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "train_state.json").read_text())
+    assert state["world_size"] == 2
+    epoch = state["history"][0]
+    assert epoch["images_per_rank"] == [4, 4]  # 2 steps of batch 2 on each rank
+    assert epoch["distinct_images"] == 8  # ... on disjoint images
+    digests = state["rank_weight_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+
+class _Fixed(nn.Module):
+    """A 'detector' whose outputs are given per image id, to test the evaluation wrapper."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.outputs = outputs
+
+    def forward(self, images):
+        return [self.outputs.pop(0) for _ in images]
+
+
+def test_evaluate_coco_scores_perfect_missing_and_ignored_detections(tiny_data):
+    from odam.data import read_dataset
+
+    data = read_dataset(tiny_data)
+    data.images = data.images[:2]
+
+    def gt_outputs(extra_on_ignored: bool):
+        outs = []
+        for r in data.images:
+            # real objects first (scores 0.9 .. 0.5), then, optionally, the ignored ones (0.3 .. 0.1)
+            order = np.concatenate([np.flatnonzero(~r.ignore), np.flatnonzero(r.ignore) if extra_on_ignored else []])
+            boxes = torch.from_numpy(r.boxes[order.astype(int)]).clone()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, r.width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, r.height)
+            n_real = int((~r.ignore).sum())
+            scores = torch.cat([torch.linspace(0.9, 0.5, n_real), torch.linspace(0.3, 0.1, len(order) - n_real)])
+            outs.append({"boxes": boxes, "scores": scores, "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        return outs
+
+    perfect = evaluate_coco(_Fixed(gt_outputs(False)), data, progress=False)
+    assert perfect["AP50"] == pytest.approx(1.0) and perfect["mAP"] == pytest.approx(1.0)
+    # lower-scored detections of ignored objects (COCO crowd regions) neither help nor hurt
+    with_ignored = evaluate_coco(_Fixed(gt_outputs(True)), data, progress=False)
+    assert with_ignored["AP50"] == pytest.approx(1.0)
+    # half the objects found -> recall 0.5, and COCO's 101-point AP is then about 0.5
+    half = gt_outputs(False)
+    for o in half:
+        n = len(o["boxes"]) // 2
+        for k in o:
+            o[k] = o[k][:n]
+    found = sum(len(o["boxes"]) for o in half) / sum(int((~r.ignore).sum()) for r in data.images)
+    assert evaluate_coco(_Fixed(half), data, progress=False)["AP50"] == pytest.approx(found, abs=0.02)
+    empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+             for _ in data.images]
+    assert evaluate_coco(_Fixed(empty), data, progress=False)["AP50"] == 0.0
