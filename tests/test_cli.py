@@ -179,7 +179,7 @@ def test_explain_from_checkpoint(images: dict[str, Path], tmp_path: Path,
         ("corrupt image", ["{corrupt}", "--model", SPEC], ["cannot read image", "corrupt.png"]),
         ("not an image", ["{text}", "--model", SPEC], ["cannot read image", "notes.jpg"]),
         ("unknown model", ["{good}", "--model", "yolov8"],
-         ["unknown model spec 'yolov8'", "fcos_resnet50_fpn"]),
+         ["unknown model 'yolov8'", "synthcrowd-fcos", "fcos_resnet50_fpn"]),
         ("unknown builder", ["{good}", "--model", "torchvision:yolo"],
          ["unknown torchvision builder 'yolo'"]),
         ("checkpoint dir", ["{good}", "--model", "{root}"],
@@ -229,7 +229,7 @@ def test_bad_image_is_reported_and_skipped(images: dict[str, Path], tmp_path: Pa
 
 
 def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown model spec"):
+    with pytest.raises(ValueError, match="unknown model 'yolov8'"):
         main(["explain", str(images["good"]), "--model", "yolov8", "--out", str(tmp_path), "--debug"])
     with pytest.raises(ValueError, match="cannot read image"):
         main(["explain", str(images["corrupt"]), "--model", SPEC, "--out", str(tmp_path), "--debug", *FAST])

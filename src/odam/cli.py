@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="odam", description="Per-detection heat maps for object detectors (ODAM).")
     parser.add_argument("--version", action="version", version=f"odam {odam.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo,train,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo,train,data,evaluate}")
 
     explain = sub.add_parser("explain", parents=[common], help="explain every detection in some images",
                              description="Write one panel PNG per detection and DIR/explanations.json.")
@@ -103,7 +103,57 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     _train_parser(sub, common)
     _data_parser(sub)
+    _evaluate_parser(sub)
     return parser
+
+
+def _evaluate_parser(sub: Any) -> None:
+    evaluate = sub.add_parser("evaluate", help="measure detectors")
+    evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True, metavar="{detector}")
+    det = ev_sub.add_parser("detector", help="COCO mAP and AP50 of detectors on a dataset",
+                            description="Evaluate each model on DATA with pycocotools and print a Markdown table "
+                                        "with its size and recorded training time.")
+    det.add_argument("--model", required=True, nargs="+", metavar="SPEC", help="bundled names or checkpoints")
+    det.add_argument("--data", required=True, help="dataset folder or annotation file")
+    det.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    det.add_argument("--write", type=Path, default=None, metavar="FILE",
+                     help="also replace the detector table block of this Markdown file")
+    det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    det.set_defaults(run=_evaluate_detector)
+
+
+def _evaluate_detector(args: argparse.Namespace) -> int:
+    from odam.data.io import read_dataset
+    from odam.data.stats import write_block
+    from odam.models import bundled_path, load_checkpoint
+    from odam.train.evaluate import evaluate_coco
+
+    device = _device(args.device)
+    data = read_dataset(args.data)
+    lines = ["| model | architecture | backbone | parameters | weights file | training | epochs "
+             "| training time | mAP | AP50 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for spec in args.model:
+        path = bundled_path(spec) if spec in BUNDLED else Path(spec)
+        model, config = load_checkpoint(path)
+        path = path.parent if path.name == "config.json" else path
+        names = config.get("categories") or []
+        if tuple(names[1:]) != data.categories:
+            raise ValueError(f"{spec} predicts categories {names[1:]}, but {args.data} has {list(data.categories)}")
+        metrics = evaluate_coco(model.to(device), data, progress=True)
+        training = config.get("training", {})
+        seconds = [h.get("seconds") for h in config.get("history", [])]
+        took = f"{sum(seconds) / 60:.1f} min" if seconds and None not in seconds else "not recorded"
+        size = (path / "model.safetensors").stat().st_size / 1e6
+        params = sum(p.numel() for p in model.parameters())
+        lines.append(f"| {spec} | {config['spec']} | {config['kwargs'].get('backbone', '-')} | {params / 1e6:.2f} M "
+                     f"| {size:.1f} MB | {training.get('data', '-')} | {config.get('epochs_done', '-')} | {took} "
+                     f"| {_number(metrics['mAP'])} | {_number(metrics['AP50'])} |")
+    text = "\n".join(lines) + f"\n\nEvaluated on `{args.data}` ({len(data)} images) by pycocotools' COCOeval."
+    print(text)
+    if args.write is not None:
+        write_block(args.write, "detectors", text)
+    return 0
 
 
 def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -148,7 +198,7 @@ def _data_parser(sub: Any) -> None:
     gen.add_argument("--style", choices=STYLES, default="crowd", help="(default: crowd)")
     gen.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4), metavar="N",
                      help="rendering processes (default: CPU count, at most 4)")
-    gen.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gen.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     gen.set_defaults(run=_synthcrowd)
     stats = data_sub.add_parser("stats", help="print a dataset's crowd statistics",
                                 description="Objects per image, pairs of full boxes with IoU > 0.5 per image, "
@@ -156,8 +206,12 @@ def _data_parser(sub: Any) -> None:
     stats.add_argument("datasets", nargs="+", metavar="DIR")
     stats.add_argument("--write", type=Path, default=None, metavar="FILE",
                        help="also replace the statistics block of this Markdown file")
-    stats.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    stats.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     stats.set_defaults(run=_stats)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -172,8 +226,8 @@ def _train(args: argparse.Namespace) -> int:
     state = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         m = state["metrics"]
-        print(f"odam train: {args.out}: COCO mAP {m['mAP']:.3f}, AP50 {m['AP50']:.3f} on {m['val_images']} "
-              "validation images")
+        print(f"odam train: {args.out}: COCO mAP {_number(m['mAP'])}, AP50 {_number(m['AP50'])} on "
+              f"{m['val_images']} validation images")
     return 0
 
 

@@ -76,7 +76,8 @@ def _ellipse(ys: np.ndarray, xs: np.ndarray, cx: float, cy: float, rx: float, ry
     return ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
 
 
-def _trapezoid(ys, xs, cx, top, bottom, half_top, half_bottom) -> np.ndarray:
+def _trapezoid(ys: np.ndarray, xs: np.ndarray, cx: float, top: float, bottom: float, half_top: float,
+               half_bottom: float) -> np.ndarray:
     t = np.clip((ys - top) / max(bottom - top, 1e-6), 0.0, 1.0)
     half = half_top + t * (half_bottom - half_top)
     return (ys >= top) & (ys <= bottom) & (np.abs(xs - cx) <= half)
@@ -108,7 +109,7 @@ def _pattern(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, scale: fl
     return np.where(sel[..., None], a, b).astype(np.float32)
 
 
-def _person(rng: np.random.Generator, height: float, label: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Draw a person ``height`` pixels tall. Returns (colors [h,w,3], mask [h,w], head xyxy in local pixels)."""
     h = height
     aspect = rng.uniform(0.30, 0.42)
@@ -166,7 +167,7 @@ def _person(rng: np.random.Generator, height: float, label: int) -> tuple[np.nda
     return colors, mask, head
 
 
-def _dog(rng: np.random.Generator, height: float, label: int) -> tuple[np.ndarray, np.ndarray, None]:
+def _dog(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarray, None]:
     """A four-legged animal ``height`` pixels tall, facing left or right."""
     h = height
     length = h * rng.uniform(1.1, 1.5)
@@ -201,7 +202,7 @@ def _dog(rng: np.random.Generator, height: float, label: int) -> tuple[np.ndarra
     return colors, mask, None
 
 
-def _car(rng: np.random.Generator, height: float, label: int) -> tuple[np.ndarray, np.ndarray, None]:
+def _car(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarray, None]:
     """A car seen from the side, ``height`` pixels tall."""
     h = height
     length = h * rng.uniform(2.0, 2.6)
@@ -319,7 +320,7 @@ def render_scene(seed: int, index: int, size: int = 320, style: str = "crowd") -
     specs = sorted(_sample_objects(rng, size, style), key=lambda o: o[2])  # far (small foot y) first
     shapes: list[_Shape] = []
     for cls, x, foot, height in specs:
-        colors, mask, head = _DRAW[cls](rng, height, names.index(cls) + 1)
+        colors, mask, head = _DRAW[cls](rng, height)
         ch, cw = mask.shape
         x0, y0 = int(round(x - cw / 2)), int(round(foot - ch))
         shape = _Shape(names.index(cls) + 1, x0, y0, colors, mask,

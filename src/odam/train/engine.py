@@ -4,8 +4,9 @@ Design choices (see docs/MODELS.md):
 
 * **Reproducible by construction.** Every random choice of epoch ``e`` (the order of images, flips, the
   scale jitter and the detectors' own samplers) comes from seeds derived from ``(seed, e)``, set at the start
-  of the epoch. A checkpoint therefore needs only the weights, the momentum buffers and the epoch number, and
-  a resumed run replays exactly what an uninterrupted one would have done.
+  of the epoch. A checkpoint therefore needs only the weights, the momentum buffers, the epoch and step
+  counters (and on CUDA the AMP loss-scaler state), and a resumed run replays exactly what an uninterrupted
+  one would have done.
 * **Atomic checkpoints.** After every epoch, rank 0 writes ``train_state.safetensors`` (weights and momentum;
   its metadata holds the full JSON state) and then the loadable model checkpoint (``model.safetensors`` and
   ``config.json``), each to a temporary name and then renamed. A run killed at any moment resumes from the
@@ -13,7 +14,8 @@ Design choices (see docs/MODELS.md):
 * **Data parallel.** Under ``torchrun`` each rank takes every ``world``-th image of the epoch's permutation
   (disjoint shards, equal length), gradients are averaged by ``DistributedDataParallel`` (gloo on CPU, nccl
   on CUDA), batch-norm running statistics are averaged over ranks after every epoch, and at the end the ranks
-  compare digests of their whole state and refuse to save diverged weights.
+  compare digests of their whole state and fail, before the final evaluation, if they diverged. A failure on
+  one rank (a non-finite gradient, a failed save) is seen by all ranks at the same step, so none hangs.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ class TrainConfig:
         data: the training dataset (a folder with ``annotations.json`` or ``annotations.odgt``, or the file).
         out: the checkpoint folder.
         val: the validation dataset; ``None`` holds out the last ``val_fraction`` of ``data``.
-        epochs, batch_size: batch size per process.
+        epochs: passes over the training set.
+        batch_size: images per step and process.
         lr: peak learning rate, reached after ``warmup_iters`` linear warm-up steps, then cosine decay to 0.
         momentum, weight_decay: SGD's (no decay on biases and norm weights).
         clip_grad: gradient-norm clipping threshold.
         seed: the seed every random choice derives from.
         min_size, max_size: the model's resize limits at inference.
-        jitter: scale jitter: training resizes to a random multiple of 32 in ``[jitter_lo, jitter_hi] * min_size``.
+        jitter: scale jitter: each training batch is resized to one of five sizes spread evenly over
+            ``[jitter[0], jitter[1]] * min_size`` (rounded to multiples of 16), picked at random.
         flip: probability of a horizontal flip.
         nms_thresh, score_thresh: the model's inference settings.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
@@ -99,14 +103,22 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
         if self.model not in ARCHITECTURES:
             raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(ARCHITECTURES)}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
-        for name in ("epochs", "batch_size", "min_size", "max_size"):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("warmup_iters", 0),
+                          ("workers", 0), ("seed", 0), ("max_iters", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if name == "max_iters" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
+            raise ValueError(f"clip_grad must be a positive number, got {self.clip_grad!r}")
+        if not 0.0 <= self.flip <= 1.0:
+            raise ValueError(f"flip must be a probability in [0, 1], got {self.flip!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -213,10 +225,16 @@ def _seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(int(np.random.default_rng([seed, epoch + 1, 7]).integers(2**62)))
 
 
-def _jitter_sizes(config: TrainConfig) -> tuple[int, ...]:
+def jitter_sizes(config: TrainConfig) -> tuple[int, ...]:
+    """The training resize choices: five sizes spread over ``jitter * min_size``, rounded to multiples of 16.
+
+    Example:
+        >>> jitter_sizes(TrainConfig(model="fcos", data="", out="", min_size=320))
+        (256, 288, 320, 352, 384)
+    """
     lo, hi = config.jitter
-    sizes = range(int(math.ceil(config.min_size * lo / 32)) * 32, int(config.min_size * hi) + 1, 32)
-    return tuple(sorted({*sizes, config.min_size})) or (config.min_size,)
+    sizes = {max(16, round(config.min_size * f / 16) * 16) for f in np.linspace(lo, hi, 5)}
+    return tuple(sorted(sizes | {config.min_size}))
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -243,7 +261,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains with DDP.
 
     Raises:
-        ValueError: for bad settings, unreadable data, or a checkpoint that does not fit ``--resume``.
+        ValueError: for bad settings, unreadable data (:class:`odam.data.DatasetError`), or a checkpoint that
+            does not fit ``--resume``.
+        FloatingPointError: when the gradient becomes non-finite (lower the learning rate).
+        RuntimeError: when ranks diverge, or rank 0 could not save a checkpoint.
     """
     from odam.data.io import read_dataset
 
@@ -263,7 +284,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             dist.destroy_process_group()
 
 
-def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[str, Any]:
+def _train(config: TrainConfig, read_dataset: Any, rank: int, world: int, device: torch.device, resume: bool,
+           progress: bool) -> dict[str, Any]:
     data = read_dataset(config.data)
     if config.val is not None:
         train_set, val_set = data, read_dataset(config.val)
@@ -287,26 +309,25 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
         state = _restore(out, config, model, optimizer, device)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    if scaler is not None and "grad_scale" in state:
-        scaler.update(float(state["grad_scale"]))
+    if scaler is not None and "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     eval_sizes = (model.transform.min_size, model.transform.max_size)
-    sizes = _jitter_sizes(config)
+    sizes = jitter_sizes(config)
     bar = tqdm(total=total, initial=state["step"], desc=f"train {config.model}", unit="it", disable=not progress,
                dynamic_ncols=True)
     try:
         for epoch in range(state["epoch"], config.epochs):
             _seed_epoch(config.seed, epoch)
             plan = shard(len(train_set), epoch, config.seed, rank, world, config.batch_size, config.flip)
+            plan = plan[: iters * config.batch_size]
             model.train()
             model.transform.min_size, model.transform.max_size = sizes, max(config.max_size, max(sizes))
             sums: dict[str, float] = {}
             started = time.monotonic()
             for batch_index, (images, targets) in enumerate(_batches(train_set, plan, config)):
-                if batch_index >= iters:
-                    break
                 lr = learning_rate(config, state["step"], total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -315,11 +336,8 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
                 with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
                     losses = net(images, targets)
                     loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {batch_index + 1}"
-                                             "; lower --lr")
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
+                if scaler is not None:  # the scaler skips steps with non-finite gradients by itself
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -327,7 +345,11 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
                     scaler.update()
                 else:
                     loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    # after DDP's all-reduce the gradients, hence this norm, are the same on every rank
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                    if not torch.isfinite(norm):
+                        raise FloatingPointError(f"the gradient became {norm.item()} at epoch {epoch + 1} step "
+                                                 f"{batch_index + 1} (loss {loss.item():.4g}); lower --lr")
                     optimizer.step()
                 state["step"] += 1
                 for k, v in losses.items():
@@ -338,7 +360,7 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
                 bar.update()
             model.transform.min_size, model.transform.max_size = eval_sizes
             _average_buffers(model, world)
-            seen = _gather([i for i, _ in plan[: iters * config.batch_size]], world)
+            seen = _gather([i for i, _ in plan], world)
             state["epoch"] = epoch + 1
             state["history"].append({
                 "epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}, "lr_end": lr,
@@ -346,11 +368,19 @@ def _train(config, read_dataset, rank, world, device, resume, progress) -> dict[
                 "images_per_rank": [len(s) for s in seen], "distinct_images": len(set().union(*map(set, seen))),
             })
             if scaler is not None:
-                state["grad_scale"] = float(scaler.get_scale())
+                state["grad_scaler"] = {k: (float(v) if isinstance(v, float) else v)
+                                        for k, v in scaler.state_dict().items()}
+            failure = None
             if rank == 0:
-                _save(out, model, optimizer, state, config, data)
-            if world > 1:
-                dist.barrier()
+                try:
+                    _save(out, model, optimizer, state, config, data)
+                except Exception as err:  # reported on every rank below, then raised here
+                    failure = err
+            errors = _gather(None if failure is None else " ".join(str(failure).split()), world)
+            if failure is not None:
+                raise failure
+            if errors[0] is not None:
+                raise RuntimeError(f"rank 0 failed to save the checkpoint: {errors[0]}")
     finally:
         bar.close()
         model.transform.min_size, model.transform.max_size = eval_sizes
@@ -379,8 +409,12 @@ def split(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
 
 def _batches(dataset: Dataset, plan: list[tuple[int, bool]], config: TrainConfig) -> Iterator:
     loader = torch.utils.data.DataLoader(_Samples(dataset, plan), batch_size=config.batch_size, shuffle=False,
-                                         num_workers=config.workers, collate_fn=lambda b: tuple(zip(*b, strict=True)))
+                                         num_workers=config.workers, collate_fn=_collate)
     return iter(loader)
+
+
+def _collate(batch: list) -> tuple:
+    return tuple(zip(*batch, strict=True))
 
 
 def _short(name: str) -> str:
@@ -463,15 +497,16 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
         state = json.loads(meta["state"])
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot resume from {path}: {' '.join(str(err).split())}") from err
-    before = state["training"]
-    for key in ("model", "backbone", "data", "seed", "batch_size", "epochs", "lr", "min_size", "max_size"):
-        now = _jsonable(config)[key]
+    before, now_all = state["training"], _jsonable(config)
+    for key in sorted(set(now_all) - {"out", "device", "workers"}):
+        now = now_all[key]
         if before.get(key) != now:
             raise ValueError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, now {now!r}")
     if state.get("world_size", 1) != int(os.environ.get("WORLD_SIZE", "1")):
         print(f"odam: warning: resuming a {state.get('world_size', 1)}-process run with "
               f"{os.environ.get('WORLD_SIZE', '1')} process(es); the result will differ from an uninterrupted run",
               file=sys.stderr)
+        state["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     for name, p in model.named_parameters():
         buf = tensors.get(f"momentum.{name}")

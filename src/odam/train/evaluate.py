@@ -62,7 +62,13 @@ def detections_as_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 
 def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, progress: bool = True) -> dict:
     """COCO box AP over IoU 0.50:0.95 (``mAP``) and at IoU 0.5 (``AP50``), by pycocotools' COCOeval.
 
-    Category ids are the dataset's labels (1-based), which odam-trained detectors predict directly.
+    Category ids are the dataset's labels (1-based), which odam-trained detectors predict directly. A value is
+    ``None`` when the dataset has no object that is not ignored.
+
+    Example:
+        >>> from odam.data import Dataset
+        >>> evaluate_coco(nn.Linear(1, 1), Dataset([], ("person",)), progress=False)
+        {'mAP': 0.0, 'AP50': 0.0, 'detections': 0}
     """
     was_training = model.training
     model.eval()
@@ -80,4 +86,6 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {"mAP": round(float(ev.stats[0]), 4), "AP50": round(float(ev.stats[1]), 4), "detections": len(results)}
+    # COCOeval reports -1 when there is nothing to evaluate (no ground truth that is not ignored)
+    stats = [None if s < 0 else round(float(s), 4) for s in ev.stats[:2]]
+    return {"mAP": stats[0], "AP50": stats[1], "detections": len(results)}
