@@ -251,16 +251,31 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
     code, stdout, stderr = _run(["demo", "--out", str(out), "--device", "cpu"], capsys)
     assert code == 0, stderr
-    assert "RANDOM PLACEHOLDER WEIGHTS" in stdout and str(out) in stdout
+    assert "synthcrowd-fcos" in stdout and str(out) in stdout
     report = json.loads((out / "explanations.json").read_text())
-    assert report["model"] == SPEC and report["targets"] == list(odam.TARGETS) and report["errors"] == []
+    assert report["model"] == "synthcrowd-fcos" and report["targets"] == list(odam.TARGETS)
+    assert report["errors"] == []
     [entry] = report["images"]
-    assert Path(entry["image"]).name == "grace_hopper.jpg"
-    assert (entry["width"], entry["height"]) == (512, 600)
-    assert len(entry["detections"]) == 4
+    assert Path(entry["image"]).name == "synthcrowd-scene.png"
+    assert (entry["width"], entry["height"]) == (320, 320)
+    assert len(entry["detections"]) >= 10  # the scene has 18 people that are not ignored
+    index = (out / "index.html").read_text()
     for det in entry["detections"]:
+        assert det["score"] >= 0.5 and det["label"] == 1
         assert (out / det["panel"]).is_file()
+        assert f"src='{det['panel']}'" in index
         assert set(det["maps"]) == set(odam.TARGETS)
+
+
+def test_explain_without_model_uses_the_bundled_fcos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from odam.cli import DEMO_SCENE
+
+    code, _, stderr = _run(["explain", str(DEMO_SCENE), "--out", str(tmp_path), "--targets", "score",
+                            "--max-detections", "2", "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "explanations.json").read_text())
+    assert report["model"] == "synthcrowd-fcos"
+    assert len(report["images"][0]["detections"]) == 2
 
 
 def test_python_dash_m(tmp_path: Path) -> None:

@@ -288,7 +288,8 @@ def explain_images(
     class_names: Sequence[str] | None = None,
     debug: bool = False,
 ) -> int:
-    """Explain each image, write its panels (and maps), rewrite ``out/explanations.json``; return #failures.
+    """Explain each image, write its panels (and maps), rewrite ``out/explanations.json`` and the page
+    ``out/index.html`` that shows every panel; return the number of images that failed.
 
     An image that cannot be read or explained is reported on stderr, listed under ``errors`` and skipped.
     """
@@ -314,6 +315,7 @@ def explain_images(
             report["images"].append(entry)
             panels += len(entry["detections"])
         _write_json(json_path, report)
+        _atomic(out / "index.html", lambda f, r=report: f.write(_index_html(r, class_names).encode("utf-8")))
     print(f"odam: {panels} panels for {len(report['images'])} of {len(images)} images in {out}; "
           f"details in {json_path}")
     return len(report["errors"])
@@ -344,6 +346,28 @@ def _write_image(out: Path, path: str, stem: str, image: Tensor, explanation: od
         _atomic(out / f"{stem}_maps.npz", lambda f: np.savez(f, **arrays))
     h, w = image.shape[-2:]
     return {"image": str(path), "width": int(w), "height": int(h), "detections": detections}
+
+
+def _index_html(report: dict[str, Any], class_names: Sequence[str] | None) -> str:
+    """A static page with every panel, its label, score and box, in the order of ``explanations.json``."""
+    from html import escape
+
+    parts = [f"<!doctype html><meta charset='utf-8'><title>odam: {escape(report['model'])}</title>",
+             "<style>body{font-family:sans-serif} img{max-width:100%} figure{margin:1em 0}</style>",
+             f"<h1>odam: {escape(report['model'])}</h1>",
+             f"<p>Targets: {escape(', '.join(report['targets']))}. Details in "
+             "<a href='explanations.json'>explanations.json</a>.</p>"]
+    for entry in report["images"]:
+        parts.append(f"<h2>{escape(entry['image'])} ({len(entry['detections'])} detections)</h2>")
+        for det in entry["detections"]:
+            label = det["label"]
+            name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else label
+            box = ", ".join(f"{v:.0f}" for v in det["box"])
+            parts.append(f"<figure><img src='{escape(det['panel'])}' loading='lazy'><figcaption>"
+                         f"{escape(str(name))} {det['score']:.2f} at ({box})</figcaption></figure>")
+    for error in report["errors"]:
+        parts.append(f"<p>Failed: {escape(error['image'])}: {escape(error['error'])}</p>")
+    return "\n".join(parts) + "\n"
 
 
 def map_stats(heatmap: Tensor, box: Tensor) -> dict[str, Any]:
