@@ -98,8 +98,8 @@ def test_explain_writes_panels_and_json(run_good: tuple, images: dict[str, Path]
             assert 0 <= x < 80 and 0 <= y < 64
             assert 0.0 <= stats["energy_in_box"] <= 1.0
             assert stats["max"] >= 0.0
-    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "tiny_det0.png", "tiny_det1.png",
-                                                     "tiny_maps.npz"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "index.html", "tiny_det0.png",
+                                                     "tiny_det1.png", "tiny_maps.npz"]  # no temporary files left
 
 
 def test_explain_detections_match_the_library(run_good: tuple, images: dict[str, Path]) -> None:
@@ -225,7 +225,8 @@ def test_bad_image_is_reported_and_skipped(images: dict[str, Path], tmp_path: Pa
     assert [e["image"] for e in report["errors"]] == [str(images["corrupt"])]
     assert "cannot read image" in report["errors"][0]["error"]
     assert [i["image"] for i in report["images"]] == [str(images["good"])]
-    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "tiny_det0.png", "tiny_det1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "index.html", "tiny_det0.png",
+                                                     "tiny_det1.png"]
 
 
 def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+import torchvision
 from torch import nn
 from torchvision.models import detection
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -315,6 +316,11 @@ def test_configure_two_stage(two_stage: nn.Module, image: torch.Tensor) -> None:
     assert len(odam.wrap_detector(two_stage).detect(image)) == 2
     configure(two_stage, max_detections=1)
     assert rh.score_thresh == 0.0 and len(odam.wrap_detector(two_stage).detect(image)) == 1
+    configure(two_stage, max_detections=100, nms_threshold=0.0)  # keep no box that overlaps a better one
+    dets = odam.wrap_detector(two_stage).detect(image)
+    same_class = dets.labels[:, None] == dets.labels[None, :]
+    iou = torchvision.ops.box_iou(dets.boxes, dets.boxes).fill_diagonal_(0) * same_class
+    assert rh.nms_thresh == 0.0 and len(dets) > 1 and float(iou.max()) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -330,6 +336,7 @@ def test_configure_two_stage(two_stage: nn.Module, image: torch.Tensor) -> None:
         ({"min_size": -1}, "min_size must be an integer >= 1"),
         ({"max_size": 0}, "max_size must be an integer >= 1"),
         ({"min_size": 100, "max_size": 50}, "max_size must be >= min_size"),
+        ({"nms_threshold": 1.01}, "nms_threshold must be a number in [0, 1], got 1.01"),
     ],
 )
 def test_configure_rejects_bad_values(two_stage: nn.Module, kwargs: dict, fragment: str) -> None:

@@ -169,3 +169,16 @@ def test_evaluate_coco_scores_perfect_missing_and_ignored_detections(tiny_data):
     empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
              for _ in data.images]
     assert evaluate_coco(_Fixed(empty), data, progress=False)["AP50"] == 0.0
+
+
+def test_oracle_keeps_everything_without_nms_and_loses_overlapping_people_with_it(tiny_data):
+    from odam.data import read_dataset
+    from odam.data.stats import _pairwise_iou
+    from odam.train.evaluate import coco_metrics, oracle_results
+
+    data = read_dataset(tiny_data)
+    assert coco_metrics(data, oracle_results(data, 1.0))["AP50"] == pytest.approx(1.0)
+    # at NMS 0.3 every pair of clipped boxes overlapping more than that loses one box
+    crowded = any((np.triu(_pairwise_iou(np.clip(r.boxes, 0, r.width)), 1) > 0.3).any() for r in data.images)
+    assert crowded
+    assert coco_metrics(data, oracle_results(data, 0.3))["AP50"] < 0.95

@@ -117,6 +117,11 @@ def _evaluate_parser(sub: Any) -> None:
     det.add_argument("--model", required=True, nargs="+", metavar="SPEC", help="bundled names or checkpoints")
     det.add_argument("--data", required=True, help="dataset folder or annotation file")
     det.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    det.add_argument("--nms", default=None, metavar="T,T,...",
+                     help="also measure AP50 with these final-NMS IoU thresholds, e.g. 0.5,0.6,0.7")
+    det.add_argument("--oracle", action="store_true",
+                     help="with --nms: add a row for exact ground-truth boxes with random scores, which shows "
+                          "what NMS alone costs on this data")
     det.add_argument("--write", type=Path, default=None, metavar="FILE",
                      help="also replace the detector table block of this Markdown file")
     det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -127,10 +132,17 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     from odam.data.io import read_dataset
     from odam.data.stats import write_block
     from odam.models import bundled_path, load_checkpoint
-    from odam.train.evaluate import evaluate_coco
+    from odam.train.evaluate import coco_metrics, evaluate_coco, oracle_results
 
     device = _device(args.device)
     data = read_dataset(args.data)
+    try:
+        sweep = [] if args.nms is None else [float(t) for t in args.nms.split(",")]
+    except ValueError:
+        raise ValueError(f"--nms expects comma-separated numbers, got {args.nms!r}") from None
+    if args.oracle and not sweep:
+        raise ValueError("--oracle needs --nms")
+    swept = ["| model | " + " | ".join(f"NMS {t:g}" for t in sweep) + " |", "|---|" + "---|" * len(sweep)]
     lines = ["| model | architecture | backbone | parameters | weights file | training | epochs "
              "| training time | mAP | AP50 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for spec in args.model:
@@ -149,7 +161,20 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
         lines.append(f"| {spec} | {config['spec']} | {config['kwargs'].get('backbone', '-')} | {params / 1e6:.2f} M "
                      f"| {size:.1f} MB | {training.get('data', '-')} | {config.get('epochs_done', '-')} | {took} "
                      f"| {_number(metrics['mAP'])} | {_number(metrics['AP50'])} |")
+        if sweep:
+            own = model.roi_heads.nms_thresh if hasattr(model, "roi_heads") else model.nms_thresh
+            row = []
+            for t in sweep:
+                configure(model, nms_threshold=t)
+                row.append(_number(evaluate_coco(model, data, progress=False)["AP50"]))
+            configure(model, nms_threshold=own)
+            swept.append(f"| {spec} | " + " | ".join(row) + " |")
+    if args.oracle:
+        row = [_number(coco_metrics(data, oracle_results(data, t))["AP50"]) for t in sweep]
+        swept.append("| exact ground-truth boxes, random scores | " + " | ".join(row) + " |")
     text = "\n".join(lines) + f"\n\nEvaluated on `{args.data}` ({len(data)} images) by pycocotools' COCOeval."
+    if sweep:
+        text += "\n\nAP50 with other final-NMS IoU thresholds:\n\n" + "\n".join(swept)
     print(text)
     if args.write is not None:
         write_block(args.write, "detectors", text)

@@ -325,8 +325,9 @@ def configure(
     max_detections: int | None = None,
     min_size: int | None = None,
     max_size: int | None = None,
+    nms_threshold: float | None = None,
 ) -> nn.Module:
-    """Set a torchvision detector's score threshold, detection cap and resize limits in place.
+    """Set a torchvision detector's score threshold, detection cap, resize limits and NMS IoU threshold in place.
 
     One-stage detectors (FCOS, RetinaNet) keep these in ``model.score_thresh`` and
     ``model.detections_per_img``; two-stage ones (Faster/Mask R-CNN) in ``model.roi_heads``. Sizes go to
@@ -338,6 +339,7 @@ def configure(
         max_detections: at most this many detections per image, >= 1.
         min_size: resize so the shorter image side is this many pixels, >= 1.
         max_size: ... unless the longer side would exceed this, >= 1.
+        nms_threshold: the IoU above which the final (per-class) NMS removes the lower-scored box, in [0, 1].
 
     Returns:
         ``model``.
@@ -361,11 +363,12 @@ def configure(
     if holder is None or not hasattr(model, "transform"):
         raise TypeError(f"cannot configure {type(model).__name__}; expected a torchvision FCOS, RetinaNet, "
                         "Faster R-CNN or Mask R-CNN")
-    if score_threshold is not None and (
-        isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float))
-        or not math.isfinite(score_threshold) or not 0.0 <= score_threshold <= 1.0
-    ):
-        raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+    for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0.0 <= value <= 1.0
+        ):
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     for name, value in (("max_detections", max_detections), ("min_size", min_size), ("max_size", max_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -375,6 +378,8 @@ def configure(
         holder.score_thresh = float(score_threshold)
     if max_detections is not None:
         holder.detections_per_img = max_detections
+    if nms_threshold is not None:
+        holder.nms_thresh = float(nms_threshold)
     if min_size is not None:
         model.transform.min_size = (min_size,)
     if max_size is not None:
@@ -444,8 +449,8 @@ def _atomic(target: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp made it private; a checkpoint is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

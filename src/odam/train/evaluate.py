@@ -11,6 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
+from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from odam.data.dataset import Dataset
@@ -59,6 +60,39 @@ def detections_as_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 
     return results
 
 
+def oracle_results(dataset: Dataset, nms_thresh: float, *, seed: int = 0) -> list[dict]:
+    """What a detector that predicts every ground-truth box exactly would output after class-wise NMS.
+
+    Each box (clipped to the image; ignored objects included, as a detector would find them too) gets a random
+    score, and NMS at ``nms_thresh`` removes the boxes that overlap a higher-scored one too much. Its AP is the
+    most any detector whose boxes match the ground truth can reach with that NMS: a measure of how crowded a
+    dataset is.
+
+    Example:
+        >>> import numpy as np
+        >>> from pathlib import Path
+        >>> from odam.data import Dataset, ImageRecord
+        >>> boxes = np.array([[0, 0, 10, 20], [1, 0, 11, 20]], np.float32)  # IoU 0.82
+        >>> rec = ImageRecord(1, Path("a.png"), 32, 32, boxes, np.array([1, 1]), np.array([False, False]),
+        ...                   boxes * np.nan, boxes * np.nan, None, np.array([1, 2]))
+        >>> len(oracle_results(Dataset([rec], ("person",)), 0.6)), len(oracle_results(Dataset([rec], ("person",)), 0.9))
+        (1, 2)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    results = []
+    for record in dataset.images:
+        boxes = torch.from_numpy(np.asarray(record.boxes, np.float32)).reshape(-1, 4).clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, record.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, record.height)
+        labels = torch.from_numpy(np.asarray(record.labels, np.int64))
+        scores = torch.rand(len(boxes), generator=generator)
+        for k in batched_nms(boxes, scores, labels, nms_thresh).tolist():
+            x0, y0, x1, y1 = boxes[k].tolist()
+            results.append({"image_id": record.id, "category_id": int(labels[k]), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                            "score": float(scores[k])})
+    return results
+
+
 def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, progress: bool = True) -> dict:
     """COCO box AP over IoU 0.50:0.95 (``mAP``) and at IoU 0.5 (``AP50``), by pycocotools' COCOeval.
 
@@ -76,6 +110,17 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
         results = detections_as_coco(model, dataset, batch_size=batch_size, progress=progress)
     finally:
         model.train(was_training)
+    return coco_metrics(dataset, results)
+
+
+def coco_metrics(dataset: Dataset, results: list[dict]) -> dict:
+    """``mAP``, ``AP50`` and the number of detections of COCO ``results`` on ``dataset`` (see :func:`evaluate_coco`).
+
+    Example:
+        >>> from odam.data import Dataset
+        >>> coco_metrics(Dataset([], ("person",)), [])
+        {'mAP': 0.0, 'AP50': 0.0, 'detections': 0}
+    """
     gt = ground_truth(dataset)
     if not results:
         return {"mAP": 0.0, "AP50": 0.0, "detections": 0}
