@@ -182,3 +182,42 @@ def test_oracle_keeps_everything_without_nms_and_loses_overlapping_people_with_i
     crowded = any((np.triu(_pairwise_iou(np.clip(r.boxes, 0, r.width)), 1) > 0.3).any() for r in data.images)
     assert crowded
     assert coco_metrics(data, oracle_results(data, 0.3))["AP50"] < 0.95
+
+
+def test_error_breakdown_sorts_a_hand_made_case(tiny_data):
+    from odam.data import Dataset, read_dataset
+    from odam.train.evaluate import error_breakdown
+
+    record = read_dataset(tiny_data).images[0]
+    record.boxes = np.array([[10, 10, 50, 90], [60, 10, 100, 90], [0, 0, 8, 8]], np.float32)
+    record.labels, record.ignore = np.array([1, 1, 1]), np.array([False, False, True])
+    data = Dataset([record], ("person",))
+    boxes = torch.tensor([[10, 10, 50, 90],  # person 0 exactly
+                          [12, 12, 52, 92],  # person 0 again: a duplicate
+                          [60, 10, 100, 35],  # the top of person 1: IoU 0.31, mislocalised
+                          [110, 100, 120, 110],  # nothing there
+                          [0, 0, 8, 8]], dtype=torch.float32)  # the ignored object: a duplicate, not a hit
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.55])
+    out = {"boxes": boxes, "scores": scores, "labels": torch.ones(5, dtype=torch.int64)}
+    counts = error_breakdown(_Fixed([out]), data, [0.5, 0.85])
+    assert {k: counts[0.5][k] for k in ("true", "duplicate", "mislocalised", "background", "objects")} == {
+        "true": 1, "duplicate": 2, "mislocalised": 1, "background": 1, "objects": 2}
+    assert counts[0.5]["precision"] == 0.2 and counts[0.5]["recall"] == 0.5
+    assert counts[0.85]["true"] == 1 and counts[0.85]["duplicate"] == 0
+
+
+def test_evaluate_detector_command_writes_its_tables(tiny_data, tmp_path, capsys):
+    doc = tmp_path / "MODELS.md"
+    args = ["evaluate", "detector", "--model", "synthcrowd-fcos", "--data", str(tiny_data), "--nms", "0.5,0.7",
+            "--oracle", "--errors", "0.5", "--write", str(doc)]
+    assert main(args) == 0
+    text = doc.read_text()
+    assert "| synthcrowd-fcos | odam:fcos | tiny |" in text
+    assert "| model | NMS 0.5 | NMS 0.7 |" in text and "| exact ground-truth boxes, random scores |" in text
+    assert "| synthcrowd-fcos | 0.5 |" in text
+    capsys.readouterr()
+    mixed = tmp_path / "mixed"
+    generate(mixed, 1, seed=1, size=96, style="mixed", progress=False)
+    assert main(["evaluate", "detector", "--model", "synthcrowd-fcos", "--data", str(mixed)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "predicts categories ['person'], but" in err

@@ -122,6 +122,9 @@ def _evaluate_parser(sub: Any) -> None:
     det.add_argument("--oracle", action="store_true",
                      help="with --nms: add a row for exact ground-truth boxes with random scores, which shows "
                           "what NMS alone costs on this data")
+    det.add_argument("--errors", default=None, metavar="S,S,...",
+                     help="also count true detections, duplicates, mislocalised boxes and background errors at "
+                          "these score thresholds")
     det.add_argument("--write", type=Path, default=None, metavar="FILE",
                      help="also replace the detector table block of this Markdown file")
     det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -132,14 +135,13 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     from odam.data.io import read_dataset
     from odam.data.stats import write_block
     from odam.models import bundled_path, load_checkpoint
-    from odam.train.evaluate import coco_metrics, evaluate_coco, oracle_results
+    from odam.train.evaluate import coco_metrics, error_breakdown, evaluate_coco, oracle_results
 
     device = _device(args.device)
     data = read_dataset(args.data)
-    try:
-        sweep = [] if args.nms is None else [float(t) for t in args.nms.split(",")]
-    except ValueError:
-        raise ValueError(f"--nms expects comma-separated numbers, got {args.nms!r}") from None
+    sweep, scores = _numbers("--nms", args.nms), _numbers("--errors", args.errors)
+    errors = ["| model | score >= | detections | true | duplicate | mislocalised | background | precision "
+              "| recall |", "|---|---|---|---|---|---|---|---|---|"]
     if args.oracle and not sweep:
         raise ValueError("--oracle needs --nms")
     swept = ["| model | " + " | ".join(f"NMS {t:g}" for t in sweep) + " |", "|---|" + "---|" * len(sweep)]
@@ -169,12 +171,20 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
                 row.append(_number(evaluate_coco(model, data, progress=False)["AP50"]))
             configure(model, nms_threshold=own)
             swept.append(f"| {spec} | " + " | ".join(row) + " |")
+        for t, c in error_breakdown(model, data, scores).items():
+            found = c["true"] + c["duplicate"] + c["mislocalised"] + c["background"]
+            errors.append(f"| {spec} | {t:g} | {found} | {c['true']} | {c['duplicate']} | {c['mislocalised']} "
+                          f"| {c['background']} | {c['precision']:.3f} | {c['recall']:.3f} |")
     if args.oracle:
         row = [_number(coco_metrics(data, oracle_results(data, t))["AP50"]) for t in sweep]
         swept.append("| exact ground-truth boxes, random scores | " + " | ".join(row) + " |")
     text = "\n".join(lines) + f"\n\nEvaluated on `{args.data}` ({len(data)} images) by pycocotools' COCOeval."
     if sweep:
         text += "\n\nAP50 with other final-NMS IoU thresholds:\n\n" + "\n".join(swept)
+    if scores:
+        text += ("\n\nDetections by kind (see `odam.train.evaluate.error_breakdown`) out of "
+                 f"{sum(int((~r.ignore).sum()) for r in data.images)} objects that are not ignored:\n\n"
+                 + "\n".join(errors))
     print(text)
     if args.write is not None:
         write_block(args.write, "detectors", text)
@@ -233,6 +243,13 @@ def _data_parser(sub: Any) -> None:
                        help="also replace the statistics block of this Markdown file")
     stats.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     stats.set_defaults(run=_stats)
+
+
+def _numbers(flag: str, text: str | None) -> list[float]:
+    try:
+        return [] if text is None else [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
 def _number(value: float | None) -> str:

@@ -11,7 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 from tqdm import tqdm
 
 from odam.data.dataset import Dataset
@@ -134,3 +134,56 @@ def coco_metrics(dataset: Dataset, results: list[dict]) -> dict:
     # COCOeval reports -1 when there is nothing to evaluate (no ground truth that is not ignored)
     stats = [None if s < 0 else round(float(s), 4) for s in ev.stats[:2]]
     return {"mAP": stats[0], "AP50": stats[1], "detections": len(results)}
+
+
+@torch.no_grad()
+def error_breakdown(model: nn.Module, dataset: Dataset, thresholds: list[float]) -> dict[float, dict[str, float]]:
+    """Sort a detector's detections at each score threshold into true positives and three kinds of error.
+
+    Detections are taken in score order and matched greedily, one to one, to the unmatched objects that are
+    not ignored, at IoU >= 0.5 with full boxes clipped to the image. An unmatched detection is a
+    ``duplicate`` if it still overlaps some object (found already, or ignored) with IoU >= 0.5,
+    ``mislocalised`` if its best IoU is in [0.1, 0.5) (typically part of a body), and ``background``
+    otherwise. ``precision`` is ``true / detections`` and ``recall`` is ``true / objects``.
+
+    Example:
+        >>> from odam.data import Dataset
+        >>> error_breakdown(nn.Linear(1, 1), Dataset([], ("person",)), [0.5])[0.5]["true"]
+        0
+    """
+    from odam.train.engine import load_image_tensor
+
+    counts = {t: {"true": 0, "duplicate": 0, "mislocalised": 0, "background": 0, "objects": 0} for t in thresholds}
+    if not dataset.images:
+        return counts
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for record in dataset.images:
+            out = model([load_image_tensor(record).to(device)])[0]
+            truth = torch.from_numpy(np.asarray(record.boxes, np.float32)).reshape(-1, 4).clone()
+            truth[:, 0::2] = truth[:, 0::2].clamp(0, record.width)
+            truth[:, 1::2] = truth[:, 1::2].clamp(0, record.height)
+            ignored = torch.from_numpy(np.asarray(record.ignore, bool))
+            iou = box_iou(out["boxes"].cpu().float(), truth)
+            scores = out["scores"].cpu()
+            for t, c in counts.items():
+                c["objects"] += int((~ignored).sum())
+                taken = ignored.clone()
+                for row in iou[scores >= t]:
+                    free = row.masked_fill(taken, -1.0)
+                    j = int(free.argmax()) if len(free) else 0
+                    if len(free) and free[j] >= 0.5:
+                        taken[j] = True
+                        c["true"] += 1
+                    else:
+                        best = float(row.max()) if len(row) else 0.0
+                        c["duplicate" if best >= 0.5 else "mislocalised" if best >= 0.1 else "background"] += 1
+    finally:
+        model.train(was_training)
+    for c in counts.values():
+        found = c["true"] + c["duplicate"] + c["mislocalised"] + c["background"]
+        c["precision"] = round(c["true"] / found, 3) if found else 0.0
+        c["recall"] = round(c["true"] / c["objects"], 3) if c["objects"] else 0.0
+    return counts
