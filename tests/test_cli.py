@@ -246,6 +246,13 @@ def test_usage_errors_and_help(capsys: pytest.CaptureFixture) -> None:
     for flag in ("--model", "--out", "--targets", "--score-threshold", "--max-detections", "--device",
                  "--weights", "--layer", "--min-size", "--max-size", "--save-maps", "--debug"):
         assert flag in help_text
+    for command, flags in ((["train"], ("--backbone", "--resume", "--epochs", "--val", "5%")),
+                           (["data", "synthcrowd"], ("--num-images", "--style")),
+                           (["data", "stats"], ("--write",)),
+                           (["evaluate", "detector"], ("--nms", "--oracle", "--errors"))):
+        assert main([*command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        assert all(flag in help_text for flag in flags)
 
 
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

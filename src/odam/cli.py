@@ -149,6 +149,8 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
              "| training time | mAP | AP50 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for spec in args.model:
         path = bundled_path(spec) if spec in BUNDLED else Path(spec)
+        if not path.exists():
+            raise ValueError(f"unknown model {spec!r}: expected one of {', '.join(BUNDLED)} or a checkpoint directory")
         model, config = load_checkpoint(path)
         path = path.parent if path.name == "config.json" else path
         names = config.get("categories") or []
@@ -206,7 +208,7 @@ def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--data", required=True, help="dataset folder (annotations.json or annotations.odgt and "
                                                      "images/) or annotation file")
     train.add_argument("--val", default=None, help="validation dataset (default: hold out the last "
-                                                   f"{d.val_fraction:.0%} of --data)")
+                                                   f"{d.val_fraction * 100:g}%% of --data)")
     for name, kind, meta in (("epochs", int, "N"), ("batch_size", int, "N"), ("lr", float, "F"),
                              ("seed", int, "N"), ("warmup_iters", int, "N"), ("min_size", int, "N"),
                              ("max_size", int, "N"), ("nms_thresh", float, "F"), ("workers", int, "N"),
