@@ -109,6 +109,16 @@ def _pattern(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, scale: fl
     return np.where(sel[..., None], a, b).astype(np.float32)
 
 
+def _compose(parts: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Paint ``(mask, colours)`` parts in order onto an empty canvas; returns (colours, silhouette)."""
+    colors = np.zeros((*shape, 3), np.float32)
+    mask = np.zeros(shape, bool)
+    for m, c in parts:
+        colors[m] = c[m]
+        mask |= m
+    return colors, mask
+
+
 def _person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Draw a person ``height`` pixels tall. Returns (colors [h,w,3], mask [h,w], head xyxy in local pixels)."""
     h = height
@@ -158,11 +168,7 @@ def _person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.nda
     hair_mask = face & (ys < head_cy - head_ry * rng.uniform(0.0, 0.5))
     parts.append((hair_mask, np.broadcast_to(hair, (*ys.shape, 3))))
 
-    colors = np.zeros((ch, cw, 3), np.float32)
-    mask = np.zeros((ch, cw), bool)
-    for m, c in parts:
-        colors[m] = c[m]
-        mask |= m
+    colors, mask = _compose(parts, (ch, cw))
     head = (head_cx - head_rx, head_cy - head_ry, head_cx + head_rx, head_cy + head_ry)
     return colors, mask, head
 
@@ -194,12 +200,7 @@ def _dog(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarra
     tail_base = (cx - facing * 0.4 * length, body_cy - 0.05 * h)
     tail_tip = (tail_base[0] - facing * 0.2 * h, tail_base[1] - rng.uniform(0.0, 0.3) * h)
     parts.append((_capsule(ys, xs, tail_base, tail_tip, 0.03 * h), fur))
-    colors = np.zeros((ch, cw, 3), np.float32)
-    mask = np.zeros((ch, cw), bool)
-    for m, c in parts:
-        colors[m] = c[m]
-        mask |= m
-    return colors, mask, None
+    return (*_compose(parts, (ch, cw)), None)
 
 
 def _car(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarray, None]:
@@ -226,12 +227,7 @@ def _car(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np.ndarra
         wx = cx + side * 0.3 * length
         parts.append((_ellipse(ys, xs, wx, wheel_y, wheel_r, wheel_r), tyre))
         parts.append((_ellipse(ys, xs, wx, wheel_y, 0.45 * wheel_r, 0.45 * wheel_r), hub))
-    colors = np.zeros((ch, cw, 3), np.float32)
-    mask = np.zeros((ch, cw), bool)
-    for m, c in parts:
-        colors[m] = c[m]
-        mask |= m
-    return colors, mask, None
+    return (*_compose(parts, (ch, cw)), None)
 
 
 _DRAW = {"person": _person, "dog": _dog, "car": _car}
