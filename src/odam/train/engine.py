@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
+from odam.data.io import read_dataset
 from odam.models import _atomic, create_model, save_checkpoint
 
 #: The name of label 0 in checkpoint categories, which are indexed by label as torchvision's are.
@@ -266,8 +267,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         FloatingPointError: when the gradient becomes non-finite (lower the learning rate).
         RuntimeError: when ranks diverge, or rank 0 could not save a checkpoint.
     """
-    from odam.data.io import read_dataset
-
     config.check()
     rank, world, local = _distributed()
     device = torch.device(config.device)
@@ -278,13 +277,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(config, read_dataset, rank, world, device, resume, progress and rank == 0)
+        return _train(config, rank, world, device, resume, progress and rank == 0)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, read_dataset: Any, rank: int, world: int, device: torch.device, resume: bool,
+def _train(config: TrainConfig, rank: int, world: int, device: torch.device, resume: bool,
            progress: bool) -> dict[str, Any]:
     data = read_dataset(config.data)
     if config.val is not None:
