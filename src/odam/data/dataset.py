@@ -29,7 +29,7 @@ class ImageRecord:
         id: the image id (COCO ``image.id``; for odgt, the line number starting at 1).
         file: the image file, resolved against the dataset's image folder.
         width, height: image size in pixels.
-        boxes: Tensor-like ``float32 [N, 4]``: the full (amodal) box of each object, ``xyxy``.
+        boxes: ``float32 [N, 4]`` numpy array: the full (amodal) box of each object, ``xyxy``.
         labels: ``int64 [N]``: 1-based category index.
         ignore: ``bool [N]``: objects to ignore in training and evaluation (COCO ``iscrowd``, odgt
             ``extra.ignore``).
@@ -37,7 +37,8 @@ class ImageRecord:
         hboxes: ``float32 [N, 4]``: the head box, ``xyxy``; NaN where the source has none.
         masks: the visible instance mask of each object as COCO RLE, or ``None`` where the source has none
             (odgt has no masks).
-        ann_ids: ``int64 [N]``: the annotation ids (COCO ``annotation.id``; for odgt, 1-based running ids).
+        ann_ids: ``int64 [N]``: the annotation ids, positive and unique in the dataset (COCO ``annotation.id``;
+            for odgt, 1-based running ids).
     """
 
     id: int
@@ -64,6 +65,7 @@ class Dataset:
         images: the images, in file order.
         categories: category names; label ``l`` is ``categories[l - 1]``.
         source: the annotation file this was read from, or ``None`` for a dataset built in memory.
+        info: free-form metadata (COCO ``info``; SynthCrowd records its generator settings here).
     """
 
     images: list[ImageRecord]
