@@ -169,11 +169,11 @@ class _Samples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.plan)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor], int]:
         index, flip = self.plan[i]
         record = self.dataset.images[index]
         image = load_image_tensor(record)
-        return (image.flip(-1) if flip else image), training_target(record, flip)
+        return (image.flip(-1) if flip else image), training_target(record, flip), index
 
 
 def shard(num_images: int, epoch: int, seed: int, rank: int, world: int, batch_size: int,
@@ -325,8 +325,10 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
             model.train()
             model.transform.min_size, model.transform.max_size = sizes, max(config.max_size, max(sizes))
             sums: dict[str, float] = {}
+            loaded: list[int] = []  # the images this rank really trained on, for the shard check below
             started = time.monotonic()
-            for batch_index, (images, targets) in enumerate(_batches(train_set, plan, config)):
+            for batch_index, (images, targets, indices) in enumerate(_batches(train_set, plan, config)):
+                loaded.extend(indices)
                 lr = learning_rate(config, state["step"], total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -359,7 +361,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                 bar.update()
             model.transform.min_size, model.transform.max_size = eval_sizes
             _average_buffers(model, world)
-            seen = _gather([i for i, _ in plan], world)
+            seen = _gather(loaded, world)
             state["epoch"] = epoch + 1
             state["history"].append({
                 "epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}, "lr_end": lr,
