@@ -10,7 +10,7 @@
 A checkpoint is a directory with ``model.safetensors`` (the state dict) and ``config.json``::
 
     {"format": "odam-checkpoint", "version": 1, "spec": "odam:fcos",
-     "kwargs": {"backbone": "tiny", "num_classes": 2}, "categories": ["person"], ...}
+     "kwargs": {"backbone": "tiny", "num_classes": 2}, "categories": ["__background__", "person"], ...}
 
 Loading builds ``create_model(spec, weights="none", **kwargs)`` and loads the tensors into it; nothing is ever
 unpickled. Other keys (``preprocessing``, ``training``, ``metrics``) are carried along for the reader.
@@ -72,7 +72,8 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
             by torchvision on first use), ``"none"`` gives random weights and no pretrained backbone
             (offline). ``odam:`` architectures have no pretrained weights and are always random; a bundled
             model or checkpoint always brings its own weights.
-        **kwargs: passed to the torchvision builder, e.g. ``num_classes``, ``min_size``, ``score_thresh``.
+        **kwargs: passed to the torchvision builder (e.g. ``num_classes``, ``min_size``, ``score_thresh``) or,
+            for ``odam:`` specs, to :func:`odam.architectures.build_detector` (e.g. ``backbone``).
 
     Returns:
         The model, in eval mode, on the CPU.

@@ -9,10 +9,10 @@ the head.
 
 Two styles:
 
-* ``crowd``: one class, ``person``; 8 to 20 people per image, and about a third of them have a companion
-  standing close behind or beside them, so that full boxes overlap with IoU > 0.5 (see docs/SYNTHCROWD.md
-  for the measured statistics).
-* ``mixed``: ``person``, ``dog`` and ``car`` at moderate density, with several instances of each class.
+* ``crowd``: one class, ``person``; 8 to 20 people per image. Each placed person gets, with probability
+  0.35, a companion standing close behind or beside them (about a quarter of all people are companions), so
+  that full boxes overlap with IoU > 0.5 (see docs/SYNTHCROWD.md for the measured statistics).
+* ``mixed``: ``person`` (2 to 4), ``dog`` and ``car`` (1 to 3 each) at moderate density.
 
 Each image has its own random stream, ``numpy.random.default_rng([seed, index])``, so the output depends
 only on ``(seed, index, size, style)`` and images can be rendered in any order or in parallel.

@@ -8,8 +8,9 @@ Design choices (see docs/MODELS.md):
   counters (and on CUDA the AMP loss-scaler state), and a resumed run replays exactly what an uninterrupted
   one would have done.
 * **Atomic checkpoints.** After every epoch, rank 0 writes ``train_state.safetensors`` (weights and momentum;
-  its metadata holds the full JSON state) and then the loadable model checkpoint (``model.safetensors`` and
-  ``config.json``), each to a temporary name and then renamed. A run killed at any moment resumes from the
+  its metadata holds the full JSON state), ``train_state.json`` (the same state, to read), and then the
+  loadable model checkpoint (``model.safetensors`` and ``config.json``), each to a temporary name and then
+  renamed. Resuming reads ``train_state.safetensors`` alone, so a run killed at any moment resumes from the
   last complete epoch.
 * **Data parallel.** Under ``torchrun`` each rank takes every ``world``-th image of the epoch's permutation
   (disjoint shards, equal length), gradients are averaged by ``DistributedDataParallel`` (gloo on CPU, nccl
@@ -69,8 +70,8 @@ class TrainConfig:
         clip_grad: gradient-norm clipping threshold.
         seed: the seed every random choice derives from.
         min_size, max_size: the model's resize limits at inference.
-        jitter: scale jitter: each training batch is resized to one of five sizes spread evenly over
-            ``[jitter[0], jitter[1]] * min_size`` (rounded to multiples of 16), picked at random.
+        jitter: scale jitter: each training image is resized to one of :func:`jitter_sizes` (five sizes spread
+            over ``[jitter[0], jitter[1]] * min_size``, rounded to multiples of 16, plus ``min_size``), at random.
         flip: probability of a horizontal flip.
         nms_thresh, score_thresh: the model's inference settings.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
@@ -264,8 +265,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     Raises:
         ValueError: for bad settings, unreadable data (:class:`odam.data.DatasetError`), or a checkpoint that
             does not fit ``--resume``.
-        FloatingPointError: when the gradient becomes non-finite (lower the learning rate).
-        RuntimeError: when ranks diverge, or rank 0 could not save a checkpoint.
+        FloatingPointError: when the gradient becomes non-finite (lower the learning rate); with AMP on CUDA
+            the loss scaler skips such steps instead.
+        RuntimeError: when ranks diverge, or (on the other ranks) when rank 0 could not save a checkpoint.
     """
     config.check()
     rank, world, local = _distributed()

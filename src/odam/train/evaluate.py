@@ -97,7 +97,7 @@ def evaluate_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, pr
     """COCO box AP over IoU 0.50:0.95 (``mAP``) and at IoU 0.5 (``AP50``), by pycocotools' COCOeval.
 
     Category ids are the dataset's labels (1-based), which odam-trained detectors predict directly. A value is
-    ``None`` when the dataset has no object that is not ignored.
+    ``None`` when there are detections but no object that is not ignored, and 0.0 when there are no detections.
 
     Example:
         >>> from odam.data import Dataset
