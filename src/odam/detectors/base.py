@@ -208,8 +208,52 @@ class Trace:
         return self._adapter._graph(self, detections)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """Every scored box of a batch of images before non-maximum suppression: one row per anchor (one-stage
+    detectors, the ``max_candidates`` highest-scoring per image) or per proposal (two-stage detectors).
+
+    Attributes:
+        boxes: ``Tensor[B, M, L, 4]``, the box each candidate predicts for each label, in original-image
+            pixels (one-stage detectors predict one box for every label).
+        scores: ``Tensor[B, M, L]``, the detector's own score for each label (what ``detect`` thresholds).
+        probs: ``Tensor[B, M, P]``, the class-probability vector: per-class sigmoids for one-stage
+            detectors, the softmax over classes and background for two-stage ones.
+        objectness: ``Tensor[B, M]`` for detectors with a class-agnostic factor in their score (FCOS's
+            centre-ness), else ``None``.
+        valid: ``Tensor[B, M]`` bool; ``False`` marks padding where images have fewer candidates.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    probs: Tensor
+    objectness: Tensor | None
+    valid: Tensor
+
+    def tracked_scores(self, box: Tensor, label: int, iou_threshold: float = 0.5) -> Tensor:
+        """``Tensor[B]``: per image, the best score for ``label`` among candidates whose ``label`` box has
+        IoU > ``iou_threshold`` with ``box`` (``Tensor[4]``), or 0 when there is none.
+
+        This is the score that Deletion and Insertion follow while pixels change.
+        """
+        iou = _iou_with(self.boxes[:, :, label], box)
+        ok = self.valid & (iou > iou_threshold)
+        return torch.where(ok, self.scores[:, :, label], torch.zeros_like(iou)).amax(1)
+
+
+def _iou_with(boxes: Tensor, box: Tensor) -> Tensor:
+    """Element-wise IoU of ``boxes`` (``Tensor[..., 4]``) with ``box`` (``Tensor[..., 4]``, broadcast)."""
+    box = box.to(boxes)
+    lt = torch.maximum(boxes[..., :2], box[..., :2])
+    rb = torch.minimum(boxes[..., 2:], box[..., 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0).prod(-1)
+    union = area + (box[..., 2:] - box[..., :2]).clamp_min(0).prod(-1) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(inter))
+
+
 class DetectorAdapter(abc.ABC):
-    """A detector behind one interface: :meth:`detect` and :meth:`trace`.
+    """A detector behind one interface: :meth:`detect`, :meth:`trace` and :meth:`candidates`.
 
     The wrapped model is borrowed: every call leaves its hooks, train/eval modes and ``requires_grad`` flags
     as they were, also when it raises.
@@ -249,8 +293,40 @@ class DetectorAdapter(abc.ABC):
             self.model.eval()
             return self._trace(x, layer)
 
+    @property
+    @abc.abstractmethod
+    def score_threshold(self) -> float:
+        """The score below which the detector drops a candidate."""
+
+    def candidates(self, images: Tensor, max_candidates: int = 1000) -> Candidates:
+        """Score a batch of same-size images (``Tensor[B, 3, H, W]`` in [0, 1]) in one pass, before NMS.
+
+        The whole batch goes through the model at once (resizing included); only torchvision's region
+        proposal network, inside two-stage models, still loops over images. Runs without gradients.
+
+        Example:
+            >>> import torch, torchvision, odam
+            >>> model = torchvision.models.detection.fcos_resnet50_fpn(
+            ...     weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
+            >>> c = odam.wrap_detector(model).candidates(torch.rand(2, 3, 48, 64), max_candidates=10)
+            >>> tuple(c.boxes.shape), tuple(c.scores.shape)
+            ((2, 10, 3, 4), (2, 10, 3))
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
+        if max_candidates < 1:
+            raise ValueError(f"max_candidates must be positive, got {max_candidates}")
+        dtype = next(self.model.parameters()).dtype
+        x = images.to(self.device, dtype if dtype.is_floating_point else torch.float32)
+        with borrowed(self.model), torch.no_grad():
+            self.model.eval()
+            return self._candidates(x, max_candidates)
+
     @abc.abstractmethod
     def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace: ...
+
+    @abc.abstractmethod
+    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates: ...
 
     @abc.abstractmethod
     def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...

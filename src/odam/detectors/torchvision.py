@@ -7,13 +7,16 @@ and feature level it came from. ``detect`` therefore returns exactly what the mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import (
     RetinaNetClassificationHead,
     RetinaNetHead,
@@ -25,6 +28,7 @@ from torchvision.ops import roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from odam.detectors.base import (
+    Candidates,
     DetectorAdapter,
     FeatureGroup,
     Geometry,
@@ -57,6 +61,34 @@ def _prepare(model: nn.Module, image: Tensor) -> tuple[Tensor, Geometry]:
         padded=(int(images.tensors.shape[-2]), int(images.tensors.shape[-1])),
     )
     return images, geometry
+
+
+def _prepare_batch(model: nn.Module, images: Tensor) -> tuple[ImageList, Geometry]:
+    """``model.transform`` for a batch of same-size images (``Tensor[B, 3, H, W]``) in a few batched calls.
+
+    Normalises, resizes with the same ``F.interpolate`` call torchvision makes for each image, and pads to a
+    multiple of ``size_divisible``; the result equals ``model.transform(list(images))`` (tested).
+    """
+    t = model.transform
+    h, w = images.shape[-2:]
+    mean = torch.as_tensor(t.image_mean, dtype=images.dtype, device=images.device)[:, None, None]
+    std = torch.as_tensor(t.image_std, dtype=images.dtype, device=images.device)[:, None, None]
+    x = (images - mean) / std
+    if t.fixed_size is not None:
+        x = F.interpolate(x, size=[t.fixed_size[1], t.fixed_size[0]], mode="bilinear", align_corners=False)
+    else:
+        scale = min(t.min_size[-1] / min(h, w), t.max_size / max(h, w))
+        x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)
+    d = float(t.size_divisible)
+    ph, pw = int(math.ceil(x.shape[-2] / d) * d), int(math.ceil(x.shape[-1] / d) * d)
+    padded = F.pad(x, (0, pw - x.shape[-1], 0, ph - x.shape[-2]))
+    resized = (int(x.shape[-2]), int(x.shape[-1]))
+    return ImageList(padded, [resized] * len(x)), Geometry((int(h), int(w)), resized, (ph, pw))
+
+
+def _to_original(boxes: Tensor, geometry: Geometry) -> Tensor:
+    """Boxes ``Tensor[..., 4]`` from model-input pixels to original-image pixels."""
+    return resize_boxes(boxes.reshape(-1, 4), geometry.resized, geometry.original).view(boxes.shape)
 
 
 def _run_backbone(model: nn.Module, tensors: Tensor, layer: str | nn.Module | None
@@ -127,6 +159,27 @@ class OneStageAdapter(DetectorAdapter):
         if self.is_fcos:
             return self.model.box_coder.decode(regression, anchors)
         return self.model.box_coder.decode_single(regression, anchors)
+
+    @property
+    def score_threshold(self) -> float:
+        return float(self.model.score_thresh)
+
+    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+        m = self.model
+        batch, geometry = _prepare_batch(m, images)
+        features = list(_as_dict(m.backbone(batch.tensors)).values())
+        out = m.head(features)
+        anchors = m.anchor_generator(ImageList(batch.tensors[:1], batch.image_sizes[:1]), features)[0]
+        scores = self._scores(out)  # [B, A, L]
+        k = min(max_candidates, scores.shape[1])
+        top = scores.amax(-1).topk(k, dim=1).indices  # [B, k]
+        b = torch.arange(len(top), device=top.device)[:, None]
+        boxes = self._decode(out["bbox_regression"][b, top].reshape(-1, 4), anchors[top].reshape(-1, 4))
+        boxes = _to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized), geometry).view(*top.shape, 1, 4)
+        scores = scores[b, top]
+        objectness = torch.sigmoid(out["bbox_ctrness"][b, top, 0]) if self.is_fcos else None
+        return Candidates(boxes.expand(-1, -1, scores.shape[-1], -1), scores, torch.sigmoid(out["cls_logits"][b, top]),
+                          objectness, torch.ones_like(top, dtype=torch.bool))
 
     def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
         m = self.model
@@ -383,6 +436,33 @@ class TwoStageAdapter(DetectorAdapter):
     ``layer=None`` (or ``"fpn"``) explains each detection on the FPN level its RoI was pooled from;
     ``layer="roi"`` explains it on its own RoI-pooled features.
     """
+
+    @property
+    def score_threshold(self) -> float:
+        return float(self.model.roi_heads.score_thresh)
+
+    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+        m, rh = self.model, self.model.roi_heads
+        batch, geometry = _prepare_batch(m, images)
+        feats = m.backbone(batch.tensors)
+        proposals = [p[:max_candidates] for p in m.rpn(batch, feats)[0]]  # sorted by objectness
+        pooled = rh.box_roi_pool(feats, proposals, batch.image_sizes)
+        class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
+        boxes = rh.box_coder.decode(box_regression, proposals)  # [sum P, L, 4]
+        boxes = _to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized), geometry)
+        probs = torch.softmax(class_logits, -1)
+        # Pad each image's proposals to a common count M.
+        counts = torch.tensor([len(p) for p in proposals], device=probs.device)
+        which = torch.repeat_interleave(torch.arange(len(proposals), device=probs.device), counts)
+        slot = torch.arange(len(which), device=probs.device) - (torch.cumsum(counts, 0) - counts)[which]
+        size = (len(proposals), max(int(counts.max()), 1) if len(counts) else 1)
+        valid = torch.zeros(size, dtype=torch.bool, device=probs.device)
+        valid[which, slot] = True
+        padded_boxes = boxes.new_zeros(*size, *boxes.shape[1:])
+        padded_boxes[which, slot] = boxes
+        padded_probs = probs.new_zeros(*size, probs.shape[-1])
+        padded_probs[which, slot] = probs
+        return Candidates(padded_boxes, padded_probs, padded_probs, None, valid)
 
     def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
         m = self.model
