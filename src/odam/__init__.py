@@ -11,7 +11,7 @@ Example:
 
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
-from odam.explainers import ODAM
+from odam.explainers import DRISE, ODAM, GradCAM, GradCAMPlusPlus
 from odam.models import create_model, load_checkpoint, load_detector, save_checkpoint
 from odam.structures import TARGETS, Detections, Explanation
 from odam.viz import overlay, save_overlay, save_panel
@@ -19,11 +19,14 @@ from odam.viz import overlay, save_overlay, save_panel
 __version__ = "0.1.0"
 
 __all__ = [
+    "DRISE",
     "ODAM",
     "TARGETS",
     "DetectorAdapter",
     "Detections",
     "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
     "create_model",
     "load_checkpoint",
     "load_detector",

@@ -31,7 +31,81 @@ _ACTIVATIONS = ("relu", "none", "abs")
 _DEFAULT_MEMORY = 1 << 30
 
 
-class ODAM:
+class GradientExplainer:
+    """What the gradient explainers (ODAM, Grad-CAM, Grad-CAM++) share: one trace of the detector, the
+    differentiable attributes of the chosen detections, and a map per (detection, attribute) computed by
+    :meth:`_explain_group` from gradients with respect to the explained feature map.
+    """
+
+    def __init__(self, detector: nn.Module | DetectorAdapter, *, batch_size: int | None = None,
+                 layer: str | nn.Module | None = None) -> None:
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        self.detector = wrap_detector(detector)
+        self.batch_size = batch_size
+        self.layer = layer
+
+    def explain(self, image: object, targets: Sequence[str] = ("score",),
+                detections: Detections | None = None) -> Explanation:
+        """Explain detections of one image.
+
+        Args:
+            image: a float tensor ``[3, H, W]`` in [0, 1], a PIL image, an ``HxWx3`` uint8 array or a path.
+            targets: attributes to explain, any of :data:`odam.TARGETS`.
+            detections: what to explain; ``None`` explains everything ``detect`` returns. Passed detections
+                must come from this detector's ``detect`` on this image (they record where they came from).
+
+        Returns:
+            An :class:`~odam.Explanation` with ``maps`` of shape ``[N, T, H, W]``.
+        """
+        return self._explain(image, targets, detections, self._explain_group)
+
+    def _explain(self, image: object, targets: Sequence[str], detections: Detections | None,
+                 explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None]) -> Explanation:
+        """Trace, select and build the graph; ``explain_group(y, group, members, boxes, out)`` fills the maps."""
+        names = _check_targets(targets, self.detector.targets)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{type(self).__name__} needs gradients: call explain() outside torch.inference_mode()")
+        trace = self.detector.trace(image, self.layer)
+        dets = trace.detections if detections is None else detections
+        if not isinstance(dets, Detections):
+            raise ValueError(f"detections must be odam.Detections, got {type(dets).__name__}")
+        dets = dets.to(self.detector.device)
+        H, W = trace.geometry.original
+        maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
+        if len(dets) == 0:
+            return Explanation(dets, names, maps)
+        with borrowed(self.detector.model), torch.enable_grad():  # also inside a caller's torch.no_grad()
+            self.detector.model.eval()
+            y, groups, group_of = trace.graph(dets)
+            y = y[:, [TARGETS.index(n) for n in names]]
+            for g, group in enumerate(groups):
+                members = torch.where(group_of == g)[0]
+                if len(members):
+                    explain_group(y, group, members, dets.boxes, maps)
+        return Explanation(dets.detach(), names, maps)
+
+    def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
+        raise NotImplementedError
+
+    def _row_gradients(self, y: Tensor, group: FeatureGroup, members: Tensor) -> Tensor | None:
+        """For row-wise groups, ``Tensor[T, R, ...]``: every member's gradient from one backward pass per target."""
+        if not group.rowwise:
+            return None
+        return torch.stack([
+            torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(y.shape[1])
+        ])
+
+    def _gradients(self, y: Tensor, group: FeatureGroup, members: Tensor, i: Tensor, j: Tensor,
+                   rowgrads: Tensor | None) -> Tensor:
+        """Gradients of ``y[members[i], j]`` w.r.t. the rows of ``group.input`` they use: ``Tensor[B, ...]``."""
+        rows = group.rows[i]
+        if rowgrads is not None:
+            return rowgrads[j, rows]
+        return _vjps(y[members[i], j], group.input)[torch.arange(len(i)), rows]
+
+
+class ODAM(GradientExplainer):
     """Object Detector Activation Maps: one heat map per detection and per explained attribute.
 
     Args:
@@ -76,74 +150,23 @@ class ODAM:
             raise ValueError(f"gradient must be one of {_GRADIENTS}, got {gradient!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        self.detector = wrap_detector(detector)
+        super().__init__(detector, batch_size=batch_size, layer=layer)
         self.smoothing = smoothing
         self.gradient = gradient
         self.activation = activation
-        self.batch_size = batch_size
-        self.layer = layer
-
-    def explain(self, image: object, targets: Sequence[str] = ("score",),
-                detections: Detections | None = None) -> Explanation:
-        """Explain detections of one image.
-
-        Args:
-            image: a float tensor ``[3, H, W]`` in [0, 1], a PIL image, an ``HxWx3`` uint8 array or a path.
-            targets: attributes to explain, any of :data:`odam.TARGETS`.
-            detections: what to explain; ``None`` explains everything ``detect`` returns. Passed detections
-                must come from this detector's ``detect`` on this image (they record where they came from).
-
-        Returns:
-            An :class:`~odam.Explanation` with ``maps`` of shape ``[N, T, H, W]``.
-        """
-        return self._explain(image, targets, detections, self._explain_group)
-
-    def _explain(self, image: object, targets: Sequence[str], detections: Detections | None,
-                 explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None]) -> Explanation:
-        """Trace, select and build the graph; ``explain_group(y, group, members, boxes, out)`` fills the maps."""
-        names = _check_targets(targets, self.detector.targets)
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("ODAM needs gradients: call explain() outside torch.inference_mode()")
-        trace = self.detector.trace(image, self.layer)
-        dets = trace.detections if detections is None else detections
-        if not isinstance(dets, Detections):
-            raise ValueError(f"detections must be odam.Detections, got {type(dets).__name__}")
-        dets = dets.to(self.detector.device)
-        H, W = trace.geometry.original
-        maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
-        if len(dets) == 0:
-            return Explanation(dets, names, maps)
-        with borrowed(self.detector.model), torch.enable_grad():  # also inside a caller's torch.no_grad()
-            self.detector.model.eval()
-            y, groups, group_of = trace.graph(dets)
-            y = y[:, [TARGETS.index(n) for n in names]]
-            for g, group in enumerate(groups):
-                members = torch.where(group_of == g)[0]
-                if len(members):
-                    explain_group(y, group, members, dets.boxes, maps)
-        return Explanation(dets.detach(), names, maps)
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
         t = y.shape[1]
         # Chunks of similar box sizes keep windows and smoothing kernels tight.
         order = torch.argsort(group.cells(boxes[members], group.rows), stable=True).cpu()
         pairs = torch.cartesian_prod(order, torch.arange(t)).to(members.device)
-        if group.rowwise:
-            # Rows are independent: one backward pass of a sum gives every member's gradient.
-            rowgrads = torch.stack([
-                torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(t)
-            ])  # [T, R, ...]
+        rowgrads = self._row_gradients(y, group, members)  # rows are independent: one pass serves them all
         per_item = 16 * group.item_numel() * 4
         chunk = self.batch_size or max(1, min(256, _DEFAULT_MEMORY // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
             rows = group.rows[i]
-            if group.rowwise:
-                grads = rowgrads[j, rows]
-            else:
-                grads = _vjps(y[members[i], j], group.input)[torch.arange(len(i)), rows]
+            grads = self._gradients(y, group, members, i, j, rowgrads)
             sigma = self._sigma(group.cells(boxes[members[i]], rows))
             radius = 0 if sigma is None else int(torch.ceil(3 * sigma).max())
             smooth = None if sigma is None else (lambda x, s=sigma: gaussian_smooth(x, s))

@@ -1,0 +1,107 @@
+"""D-RISE against a slow per-mask reference, its masks, determinism and a hand-set detector."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import build, handset_fcos
+from torchvision.ops import box_iou
+
+import odam
+
+
+def _reference(drise: odam.DRISE, image: torch.Tensor, dets: odam.Detections) -> torch.Tensor:
+    """D-RISE written out mask by mask, candidate by candidate: ``Tensor[T, H, W]``."""
+    adapter = drise.detector
+    H, W = image.shape[-2:]
+    clean = adapter.candidates(image[None], drise.max_candidates)
+    refs = []
+    for t in range(len(dets)):
+        label = int(dets.labels[t])
+        ious = box_iou(dets.boxes[t:t + 1], clean.boxes[0, :, label])[0]
+        refs.append(clean.probs[0, int(ious.argmax())])
+    generator = torch.Generator().manual_seed(drise.seed)
+    all_masks = torch.cat([drise.masks(min(drise.batch_size, drise.num_masks - s), (H, W), generator)
+                           for s in range(0, drise.num_masks, drise.batch_size)])
+    total = torch.zeros(len(dets), H, W)
+    for mask in all_masks:
+        found = adapter.candidates((image * mask)[None], drise.max_candidates)
+        for t in range(len(dets)):
+            label = int(dets.labels[t])
+            best = 0.0
+            for m in range(found.boxes.shape[1]):
+                if float(found.scores[0, m].max()) < adapter.score_threshold:
+                    continue
+                iou = float(box_iou(dets.boxes[t:t + 1], found.boxes[0, m, label][None])[0, 0])
+                cos = float(F.cosine_similarity(found.probs[0, m], refs[t], dim=0))
+                obj = 1.0 if found.objectness is None else float(found.objectness[0, m])
+                best = max(best, iou * cos * obj)
+            total[t] += best * mask
+    return total / drise.num_masks
+
+
+@pytest.mark.parametrize("name", ["fcos_resnet50_fpn", "retinanet_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
+def test_matches_slow_reference(name: str) -> None:
+    model = build(name, detections=3)
+    image = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))
+    if name.startswith("fcos"):
+        with torch.no_grad():  # random FCOS weights predict empty boxes, whose IoU is always 0
+            model.head.regression_head.bbox_reg.bias.fill_(1.0)
+    # A threshold that about half the candidates miss, so that it is exercised.
+    clean = odam.wrap_detector(model).candidates(image[None], 40)
+    threshold = float(clean.scores.amax(-1)[clean.valid].median())
+    if hasattr(model, "roi_heads"):
+        model.roi_heads.score_thresh = threshold
+    else:
+        model.score_thresh = threshold
+    drise = odam.DRISE(model, num_masks=7, batch_size=3, seed=5, progress=False, max_candidates=40)
+    got = drise.explain(image)
+    want = _reference(drise, image, got.detections)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got.maps[:, 0], want, atol=1e-5, rtol=1e-4)
+
+
+def test_seeded_and_deterministic() -> None:
+    model = build("retinanet_resnet50_fpn", detections=2)
+    image = torch.rand(3, 64, 80)
+    a = odam.DRISE(model, num_masks=6, batch_size=4, seed=1, progress=False).explain(image).maps
+    b = odam.DRISE(model, num_masks=6, batch_size=4, seed=1, progress=False).explain(image).maps
+    c = odam.DRISE(model, num_masks=6, batch_size=4, seed=2, progress=False).explain(image).maps
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_masks_follow_rise() -> None:
+    drise = odam.DRISE(build("fcos_resnet50_fpn"), grid_size=4, keep_probability=0.5, progress=False)
+    masks = drise.masks(400, (30, 50), torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 30, 50) and masks.min() >= 0 and masks.max() <= 1
+    assert abs(float(masks.mean()) - 0.5) < 0.03
+    # Bilinear upsampling of 8x13-pixel cells: neighbouring pixels differ by at most one cell's slope.
+    assert float((masks[:, :, 1:] - masks[:, :, :-1]).abs().max()) <= 1 / 13 + 1e-6
+    # Random grids and shifts: no two masks are the same.
+    assert len({tuple(m.flatten().tolist()) for m in masks}) == 400
+
+
+def test_handset_detector_looks_at_the_object() -> None:
+    """The hand-set FCOS scores each bright cell of a square by itself: D-RISE must point at that cell."""
+    image = torch.zeros(3, 128, 128)
+    image[:, 40:88, 48:96] = 1.0
+    drise = odam.DRISE(handset_fcos(), num_masks=96, batch_size=32, grid_size=8, progress=False)
+    exp = drise.explain(image)
+    assert len(exp) >= 1
+    saliency = exp.maps[0, 0]
+    x1, y1, x2, y2 = exp.detections.boxes[0].round().int().tolist()
+    assert saliency[y1:y2, x1:x2].mean() > 1.3 * saliency.mean()
+    y, x = divmod(int(saliency.argmax()), 128)
+    assert x1 - 8 <= x <= x2 + 8 and y1 - 8 <= y <= y2 + 8
+
+
+def test_rejects_box_targets_and_empty() -> None:
+    model = build("fcos_resnet50_fpn")
+    drise = odam.DRISE(model, num_masks=2, progress=False)
+    with pytest.raises(ValueError, match="targets must be"):
+        drise.explain(torch.rand(3, 32, 32), targets=("score", "left"))
+    with pytest.raises(ValueError, match="num_masks"):
+        odam.DRISE(model, num_masks=0)
+    none = odam.Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    assert drise.explain(torch.rand(3, 32, 40), detections=none).maps.shape == (0, 1, 32, 40)
