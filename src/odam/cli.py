@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 def _evaluate_parser(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="measure detectors")
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True, metavar="{detector}")
+    ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True, metavar="{detector,explanations}")
     det = ev_sub.add_parser("detector", help="COCO mAP and AP50 of detectors on a dataset",
                             description="Evaluate each model on DATA with pycocotools and print a Markdown table "
                                         "with its size and recorded training time.")
@@ -129,6 +129,45 @@ def _evaluate_parser(sub: Any) -> None:
                      help="also replace the detector table block of this Markdown file")
     det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     det.set_defaults(run=_evaluate_detector)
+
+    from odam.evaluation.explanations import METHODS, EvaluationConfig
+
+    d = EvaluationConfig(data="", model="")
+    ex = ev_sub.add_parser(
+        "explanations", help="the paper's explanation metrics (Tables 1, 3a and 4) on a dataset",
+        description="Explain each ground-truth object's best detection (same class, IoU > 0.9) with each method, "
+                    "measure Deletion, Insertion, VEA, the pointing games, Compactness, ODI and the sanity check, "
+                    "and write DIR/objects.jsonl, DIR/summary.{md,csv,json}, DIR/curves.png and DIR/sanity.png. "
+                    "Rerunning the same command resumes.")
+    ex.add_argument("--data", required=True, help="dataset folder or annotation file (COCO json or odgt)")
+    ex.add_argument("--split", default=None, metavar="NAME", help="use the dataset in DATA/NAME")
+    ex.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                    help=f"a bundled model or checkpoint with category names (default {DEFAULT_MODEL})")
+    ex.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
+    ex.add_argument("--max-objects", type=int, default=d.max_objects, metavar="N",
+                    help=f"explain the first N matched objects (default {d.max_objects})")
+    ex.add_argument("--drise-masks", type=int, default=d.drise_masks, metavar="N",
+                    help=f"D-RISE masks per image (default {d.drise_masks})")
+    ex.add_argument("--drise-objects", type=int, default=None, metavar="N",
+                    help="D-RISE explains only the first N objects (default: all; it is slow)")
+    ex.add_argument("--drise-batch", type=int, default=d.drise_batch, metavar="N",
+                    help=f"masked images per forward pass (default {d.drise_batch})")
+    ex.add_argument("--steps", type=int, default=d.steps, help=f"Deletion/Insertion steps (default {d.steps})")
+    ex.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+                    help=f"re-run the detector every N steps (default {d.eval_every})")
+    ex.add_argument("--sanity-objects", type=int, default=d.sanity_objects, metavar="N",
+                    help=f"run the sanity check on the first N objects (default {d.sanity_objects}; 0 skips it)")
+    ex.add_argument("--seed", type=int, default=d.seed,
+                    help=f"seeds D-RISE masks and Deletion noise (default {d.seed})")
+    ex.add_argument("--out", required=True, type=Path, help="output directory; an existing run there is resumed")
+    ex.add_argument("--write", type=Path, default=None, metavar="FILE",
+                    help="also replace this run's block of tables in a Markdown file (e.g. docs/RESULTS.md)")
+    ex.add_argument("--import", dest="imports", type=Path, action="append", default=[], metavar="DIR",
+                    help="first add the records of the run in DIR (same settings and images, measured elsewhere, "
+                         "e.g. D-RISE on a GPU machine); repeatable")
+    ex.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    ex.set_defaults(run=_evaluate_explanations)
 
 
 def _evaluate_detector(args: argparse.Namespace) -> int:
@@ -190,6 +229,33 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     print(text)
     if args.write is not None:
         write_block(args.write, "detectors", text)
+    return 0
+
+
+def _evaluate_explanations(args: argparse.Namespace) -> int:
+    from odam.data.stats import write_block
+    from odam.evaluation import EvaluationConfig, run, summarize
+    from odam.evaluation.explanations import _claim, import_records
+
+    data = Path(args.data) / args.split if args.split else Path(args.data)
+    if not data.exists():
+        raise ValueError(f"no dataset at {data}")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    config = EvaluationConfig(
+        data=str(data), model=args.model, methods=methods, max_objects=args.max_objects,
+        drise_objects=args.drise_objects, drise_masks=args.drise_masks, drise_batch=args.drise_batch,
+        steps=args.steps, eval_every=args.eval_every, sanity_objects=args.sanity_objects, seed=args.seed,
+    )
+    device = _device(args.device)
+    _claim(args.out, config)
+    for other in args.imports:
+        print(f"imported {import_records(args.out, other)} records from {other}", file=sys.stderr)
+    run(config, args.out, device=device)
+    summary = summarize(args.out)
+    text = (args.out / "summary.md").read_text(encoding="utf-8").rstrip("\n")
+    print(text)
+    if args.write is not None:
+        write_block(args.write, f"explanations-{Path(summary['data']).name}-{Path(summary['model']).name}", text)
     return 0
 
 

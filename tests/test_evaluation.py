@@ -1,0 +1,183 @@
+"""``odam evaluate explanations``: object selection, journal, resume after SIGKILL, import and summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from odam.cli import main
+from odam.data.dataset import ImageRecord
+from odam.data.synthcrowd import generate
+from odam.evaluation.explanations import _Journal, _match, read_journal
+from odam.evaluation.report import markdown, summarize
+from odam.structures import Detections
+
+FAST = ["--model", "synthcrowd-fcos", "--steps", "20", "--eval-every", "10", "--drise-masks", "8",
+        "--drise-batch", "4", "--drise-objects", "2", "--sanity-objects", "1"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 320x320 SynthCrowd crowd scenes, held out from the bundled models' training (seed 2)."""
+    root = tmp_path_factory.mktemp("scenes")
+    generate(root, 24, seed=2, size=320, progress=False)
+    return root
+
+
+def _record(boxes: list, labels: list, ignore: list | None = None) -> ImageRecord:
+    n = len(boxes)
+    nan = np.full((n, 4), np.nan, np.float32)
+    return ImageRecord(1, Path("a.png"), 100, 100, np.array(boxes, np.float32).reshape(n, 4),
+                       np.array(labels, np.int64), np.array(ignore or [False] * n), nan, nan, None,
+                       np.arange(1, n + 1))
+
+
+def test_match_takes_the_best_same_class_detection_above_the_threshold() -> None:
+    record = _record([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30], [0, 0, 10, 10]], [1, 1, 2, 1],
+                     ignore=[False, False, False, True])
+    dets = Detections(torch.tensor([[0.0, 0, 10, 10.5], [0, 0, 10, 10], [50, 50, 60, 62], [20, 20, 30, 30]]),
+                      torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([1, 1, 1, 2]))
+    # Object 0: IoU 1.0 with det 1 (and 0.952 with det 0). Object 1: 100/120 = 0.83 with det 2, not > 0.9.
+    # Object 2 is class 2, mapped to detector label 2: det 3. Object 3 is ignored.
+    pairs = _match(record, dets, {1: 1, 2: 2}, 0.9)
+    assert [(j, k) for j, k, _ in pairs] == [(0, 1), (2, 3)]
+    assert pairs[0][2] == pytest.approx(1.0)
+    # A detection explains one object only: a second object on the same spot takes the next best.
+    twice = _record([[0, 0, 10, 10], [0, 0, 10, 10.2]], [1, 1])
+    assert [(j, k) for j, k, _ in _match(twice, dets, {1: 1}, 0.9)] == [(0, 1), (1, 0)]
+    # Labels the detector does not know are never matched.
+    assert _match(record, dets, {1: 1}, 0.9) == [(0, 1, pytest.approx(1.0))]
+
+
+def test_journal_drops_a_line_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "objects.jsonl"
+    row = {"order": 0, "image_id": 1, "ann_id": 2, "method": "odam", "file": "a.png"}
+    path.write_text(json.dumps(row) + "\n" + '{"order": 1, "image_id": 1, "ann', encoding="utf-8")
+    journal = _Journal(path)
+    assert (1, 2, "odam") in journal and len(journal.keys) == 1
+    journal.extend([row | {"ann_id": 3, "order": 1}])
+    assert [r["ann_id"] for r in read_journal(path)] == [2, 3]
+    path.write_text("not json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="objects.jsonl:1: not a record"):
+        _Journal(path)
+
+
+def _run(args: list[str], log: Path) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "odam", "evaluate", "explanations", *args],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+def _without_seconds(summary: dict) -> dict:
+    for row in summary["rows"].values():
+        row.pop("seconds_per_object")
+    for counts in summary["counts"].values():
+        counts.pop("seconds_per_object")
+    return summary
+
+
+def test_killed_and_resumed_run_gives_the_same_summary(scenes: Path, tmp_path: Path) -> None:
+    common = ["--data", str(scenes), "--methods", "odam,gradcam,drise", "--max-objects", "5", *FAST]
+    whole = tmp_path / "whole"
+    assert _run([*common, "--out", str(whole)], tmp_path / "whole.log").wait(timeout=600) == 0
+    rows = read_journal(whole / "objects.jsonl")
+    assert {r["method"] for r in rows} == {"odam", "gradcam", "drise"}
+    assert sum(r["method"] == "odam" for r in rows) == 5 and sum(r["method"] == "drise" for r in rows) == 2
+
+    killed = tmp_path / "killed"
+    proc = _run([*common, "--out", str(killed)], tmp_path / "killed.log")
+    journal = killed / "objects.jsonl"
+    deadline = time.monotonic() + 600
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_journal(journal)
+    assert 3 <= len(partial) < len(rows)
+    with open(journal, "a") as f:  # as if the kill had cut a line in half
+        f.write('{"order": 4, "image_id"')
+    assert _run([*common, "--out", str(killed)], tmp_path / "resumed.log").wait(timeout=600) == 0
+    resumed = read_journal(journal)
+    assert len(resumed) == len(rows) == len(journal.read_text().splitlines())  # nothing measured twice
+    assert [r for r in resumed if r["order"] < 0] == []
+    for a, b in zip(rows, resumed, strict=True):
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    first = json.loads((whole / "summary.json").read_text())
+    second = json.loads((killed / "summary.json").read_text())
+    assert _without_seconds(first) | {"data": ""} == _without_seconds(second) | {"data": ""}
+    assert (killed / "curves.png").stat().st_size > 0 and (killed / "sanity.png").stat().st_size > 0
+    assert "| ODAM |" in (killed / "summary.md").read_text()
+
+
+def test_other_settings_are_refused_and_records_can_be_imported(scenes: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    base = ["--data", str(scenes), "--max-objects", "2", *FAST, "--sanity-objects", "0"]
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert main(["evaluate", "explanations", *base, "--methods", "odam", "--out", str(here)]) == 0
+    assert main(["evaluate", "explanations", *base, "--methods", "odam", "--steps", "10", "--out", str(here)]) == 2
+    assert "holds a run with other settings (steps)" in capsys.readouterr().err
+    assert main(["evaluate", "explanations", *base, "--methods", "gradcam", "--out", str(there)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "explanations", *base, "--methods", "odam", "--import", str(there),
+                 "--out", str(here)]) == 0
+    assert "imported 2 records" in capsys.readouterr().err
+    assert {r["method"] for r in read_journal(here / "objects.jsonl")} == {"odam", "gradcam"}
+    # A record whose image is another file here is refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text((there / "config.json").read_text())
+    row = read_journal(there / "objects.jsonl")[0]
+    (other / "objects.jsonl").write_text(json.dumps(row | {"method": "drise", "file": "elsewhere.png"}) + "\n")
+    assert main(["evaluate", "explanations", *base, "--methods", "odam", "--import", str(other),
+                 "--out", str(here)]) == 2
+    assert f"image {row['image_id']} is 'elsewhere.png' there but '{row['file']}' here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "odam,lime"], "unknown method 'lime'"),
+    (["--max-objects", "0"], "max-objects must be positive"),
+    (["--model", "no-such-model"], "no-such-model"),
+    (["--split", "val"], "no dataset at"),
+])
+def test_bad_arguments_are_one_line(scenes: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                    args: list[str], message: str) -> None:
+    assert main(["evaluate", "explanations", "--data", str(scenes), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_summary_by_hand(tmp_path: Path) -> None:
+    """Means, percentages and undefined values on two hand-made records per method."""
+    (tmp_path / "config.json").write_text(json.dumps({"data": "d", "model": "m"}))
+    curve = lambda auc, y: {"auc": auc, "x": [0.0, 1.0], "y": y}  # noqa: E731
+    rows = []
+    for n, (pg, odi, comp, dele) in enumerate([(True, 0.25, 1.0, 80.0), (False, 0.75, None, 60.0)]):
+        for method in ("odam", "gradcam"):
+            rows.append({"order": n, "image_id": 1, "ann_id": n + 1, "method": method, "file": "a.png",
+                         "seconds": 0.5 * (n + 1), "deletion": curve(dele, [1.0, 0.5 * n]),
+                         "insertion": curve(50.0, [0.0, 1.0]), "vea": None, "pg_box": pg, "pg_mask": None,
+                         "enpg_box": 0.5, "enpg_mask": None, "compactness": comp, "odi_box": odi, "odi_mask": None})
+    (tmp_path / "objects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarize(tmp_path)
+    odam_row = summary["rows"]["odam"]
+    assert odam_row["pg_box"] == 50.0 and odam_row["odi_box"] == 50.0 and odam_row["enpg_box"] == 50.0
+    assert odam_row["deletion_auc"] == 70.0 and odam_row["compactness"] == 1.0 and odam_row["vea_auc"] is None
+    assert odam_row["seconds_per_object"] == 0.75 and summary["counts"]["odam"]["compactness"] == 1
+    assert summary["curves"]["odam"]["deletion"]["y"] == [1.0, 0.25]
+    text = markdown(summary)
+    assert "| ODAM | 70.00 | 50.00 | n/a |" in text and "ODAM compactness 1" in text
+    assert text.index("| Grad-CAM |") < text.index("| ODAM |")  # the paper's order
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0]
+    assert header.startswith("method,objects,deletion_auc")
