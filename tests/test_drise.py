@@ -21,9 +21,8 @@ def _reference(drise: odam.DRISE, image: torch.Tensor, dets: odam.Detections) ->
         label = int(dets.labels[t])
         ious = box_iou(dets.boxes[t:t + 1], clean.boxes[0, :, label])[0]
         refs.append(clean.probs[0, int(ious.argmax())])
-    generator = torch.Generator().manual_seed(drise.seed)
-    all_masks = torch.cat([drise.masks(min(drise.batch_size, drise.num_masks - s), (H, W), generator)
-                           for s in range(0, drise.num_masks, drise.batch_size)])
+    grids, shifts = drise.draws(drise.num_masks, torch.Generator().manual_seed(drise.seed))
+    all_masks = drise.masks(grids, shifts, (H, W))
     total = torch.zeros(len(dets), H, W)
     for mask in all_masks:
         found = adapter.candidates((image * mask)[None], drise.max_candidates)
@@ -31,7 +30,10 @@ def _reference(drise: odam.DRISE, image: torch.Tensor, dets: odam.Detections) ->
             label = int(dets.labels[t])
             best = 0.0
             for m in range(found.boxes.shape[1]):
-                if float(found.scores[0, m].max()) < adapter.score_threshold:
+                # Two-stage: the best class probability, background excluded.
+                two_stage = hasattr(adapter.model, "roi_heads")
+                best_class = found.probs[0, m, 1:].max() if two_stage else found.scores[0, m].max()
+                if float(best_class) < adapter.score_threshold:
                     continue
                 iou = float(box_iou(dets.boxes[t:t + 1], found.boxes[0, m, label][None])[0, 0])
                 cos = float(F.cosine_similarity(found.probs[0, m], refs[t], dim=0))
@@ -45,12 +47,16 @@ def _reference(drise: odam.DRISE, image: torch.Tensor, dets: odam.Detections) ->
 def test_matches_slow_reference(name: str) -> None:
     model = build(name, detections=3)
     image = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))
-    if name.startswith("fcos"):
-        with torch.no_grad():  # random FCOS weights predict empty boxes, whose IoU is always 0
+    with torch.no_grad():
+        if name.startswith("fcos"):  # random FCOS weights predict empty boxes, whose IoU is always 0
             model.head.regression_head.bbox_reg.bias.fill_(1.0)
+        if name.startswith("faster"):  # make background the likeliest class of some proposals
+            model.roi_heads.box_predictor.cls_score.bias[0] += 3.0
     # A threshold that about half the candidates miss, so that it is exercised.
     clean = odam.wrap_detector(model).candidates(image[None], 40)
     threshold = float(clean.scores.amax(-1)[clean.valid].median())
+    if name.startswith("faster"):  # some proposals are background above the threshold: they must not count
+        assert ((clean.probs[..., 0] >= threshold) & (clean.scores.amax(-1) < threshold) & clean.valid).any()
     if hasattr(model, "roi_heads"):
         model.roi_heads.score_thresh = threshold
     else:
@@ -65,15 +71,40 @@ def test_matches_slow_reference(name: str) -> None:
 def test_seeded_and_deterministic() -> None:
     model = build("retinanet_resnet50_fpn", detections=2)
     image = torch.rand(3, 64, 80)
-    a = odam.DRISE(model, num_masks=6, batch_size=4, seed=1, progress=False).explain(image).maps
-    b = odam.DRISE(model, num_masks=6, batch_size=4, seed=1, progress=False).explain(image).maps
-    c = odam.DRISE(model, num_masks=6, batch_size=4, seed=2, progress=False).explain(image).maps
+    a = odam.DRISE(model, num_masks=7, batch_size=4, seed=1, progress=False).explain(image).maps
+    b = odam.DRISE(model, num_masks=7, batch_size=4, seed=1, progress=False).explain(image).maps
+    c = odam.DRISE(model, num_masks=7, batch_size=4, seed=2, progress=False).explain(image).maps
+    d = odam.DRISE(model, num_masks=7, batch_size=3, seed=1, progress=False).explain(image).maps
     assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.testing.assert_close(a, d)  # the masks do not depend on the batch size
+
+
+def test_float64_model() -> None:
+    model = build("fasterrcnn_resnet50_fpn", detections=2).double()
+    maps = odam.DRISE(model, num_masks=3, progress=False).explain(torch.rand(3, 64, 80)).maps
+    assert maps.shape == (2, 1, 64, 80) and torch.isfinite(maps).all()
+
+
+def test_model_is_borrowed_also_when_it_raises() -> None:
+    model = build("fcos_resnet50_fpn", detections=2).train()
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    dets = odam.wrap_detector(model).detect(torch.rand(3, 64, 80))
+    handle = model.head.register_forward_hook(lambda *a: None)
+    model.backbone.body.conv1.weight.requires_grad_(False)
+    drise = odam.DRISE(model, num_masks=2, progress=False)
+    drise.detector._candidates = fail
+    with pytest.raises(RuntimeError, match="boom"):
+        drise.explain(torch.rand(3, 64, 80), detections=dets)
+    assert model.training and not model.backbone.body.conv1.weight.requires_grad
+    assert list(model.head._forward_hooks) == [handle.id]
 
 
 def test_masks_follow_rise() -> None:
     drise = odam.DRISE(build("fcos_resnet50_fpn"), grid_size=4, keep_probability=0.5, progress=False)
-    masks = drise.masks(400, (30, 50), torch.Generator().manual_seed(0))
+    masks = drise.masks(*drise.draws(400, torch.Generator().manual_seed(0)), (30, 50))
     assert masks.shape == (400, 30, 50) and masks.min() >= 0 and masks.max() <= 1
     assert abs(float(masks.mean()) - 0.5) < 0.03
     # Bilinear upsampling of 8x13-pixel cells: neighbouring pixels differ by at most one cell's slope.

@@ -216,7 +216,8 @@ class Candidates:
     Attributes:
         boxes: ``Tensor[B, M, L, 4]``, the box each candidate predicts for each label, in original-image
             pixels (one-stage detectors predict one box for every label).
-        scores: ``Tensor[B, M, L]``, the detector's own score for each label (what ``detect`` thresholds).
+        scores: ``Tensor[B, M, L]``, the detector's own score for each label (what ``detect`` thresholds); 0 for
+            the background label of two-stage detectors.
         probs: ``Tensor[B, M, P]``, the class-probability vector: per-class sigmoids for one-stage
             detectors, the softmax over classes and background for two-stage ones.
         objectness: ``Tensor[B, M]`` for detectors with a class-agnostic factor in their score (FCOS's
@@ -294,9 +295,9 @@ class DetectorAdapter(abc.ABC):
             return self._trace(x, layer)
 
     @property
-    @abc.abstractmethod
     def score_threshold(self) -> float:
         """The score below which the detector drops a candidate."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its score threshold")
 
     def candidates(self, images: Tensor, max_candidates: int = 1000) -> Candidates:
         """Score a batch of same-size images (``Tensor[B, 3, H, W]`` in [0, 1]) in one pass, before NMS.
@@ -325,8 +326,10 @@ class DetectorAdapter(abc.ABC):
     @abc.abstractmethod
     def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace: ...
 
-    @abc.abstractmethod
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates: ...
+    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot score candidates, which D-RISE and Deletion/Insertion need"
+        )
 
     @abc.abstractmethod
     def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...

@@ -462,7 +462,9 @@ class TwoStageAdapter(DetectorAdapter):
         padded_boxes[which, slot] = boxes
         padded_probs = probs.new_zeros(*size, probs.shape[-1])
         padded_probs[which, slot] = probs
-        return Candidates(padded_boxes, padded_probs, padded_probs, None, valid)
+        scores = padded_probs.clone()
+        scores[..., 0] = 0  # background is never a detection
+        return Candidates(padded_boxes, scores, padded_probs, None, valid)
 
     def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
         m = self.model

@@ -182,7 +182,8 @@ def _claim(out: Path, config: EvaluationConfig) -> None:
     settings = _identity(config)
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in IDENTITY if old.get(k) != settings.get(k))
+        same_data = Path(str(old.get("data"))).resolve() == Path(config.data).resolve()
+        changed = sorted(k for k in IDENTITY if old.get(k) != settings.get(k) and not (k == "data" and same_data))
         if changed:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
         return
@@ -349,8 +350,8 @@ def _num(value: float) -> float | None:
 class _Journal:
     """An append-only JSON-lines file of records keyed by (image id, annotation id, method).
 
-    Each line is flushed and synced as it is written. A line cut short by a killed process is dropped when
-    the journal is opened again, so the next append starts on a fresh line.
+    Each call of :meth:`extend` (one image's records) is flushed and synced. A line cut short by a killed
+    process is dropped when the journal is opened again, so the next append starts on a fresh line.
     """
 
     def __init__(self, path: Path) -> None:

@@ -12,7 +12,9 @@ used only when the detector has one (FCOS's centre-ness; 1 otherwise).
 
 Masks follow RISE: a ``grid_size x grid_size`` grid of cells kept with probability ``keep_probability``,
 upsampled bilinearly to ``(grid_size + 1)`` cells of ``ceil(H / grid_size) x ceil(W / grid_size)`` pixels and
-cropped at a random shift of less than one cell.
+cropped at a random shift of less than one cell. The random draws are made up front on the CPU, so the maps
+depend on the seed alone, not on ``batch_size`` or the device (up to float rounding); masks are built on
+the detector's device one batch at a time.
 
 Choices where the paper leaves room (docs/EVALUATION.md):
 
@@ -102,32 +104,45 @@ class DRISE:
             return Explanation(dets, names, x.new_zeros(0, 1, H, W))
         boxes, labels = dets.boxes.to(x.dtype), dets.labels
         reference = self._reference_probs(self.detector.candidates(x[None], self.max_candidates), boxes, labels)
-        generator = torch.Generator().manual_seed(self.seed)
+        grids, shifts = self.draws(self.num_masks, torch.Generator().manual_seed(self.seed))
         saliency = x.new_zeros(len(dets), H * W)
         bar = tqdm(total=self.num_masks, desc="D-RISE masks", unit="mask", disable=not self.progress, leave=False)
         with bar:
             for start in range(0, self.num_masks, self.batch_size):
-                n = min(self.batch_size, self.num_masks - start)
-                masks = self.masks(n, (H, W), generator).to(x)
+                part = slice(start, start + self.batch_size)
+                masks = self.masks(grids[part].to(x.device), shifts[part].to(x.device), (H, W)).to(x.dtype)
                 found = self.detector.candidates(x * masks[:, None], self.max_candidates)
-                weights = self._weights(found, boxes, labels, reference)  # [n, T]
+                weights = self._weights(found, boxes, labels, reference).to(x.dtype)  # [n, T]
                 saliency += weights.T @ masks.flatten(1)
-                bar.update(n)
+                bar.update(len(masks))
         maps = (saliency / self.num_masks).view(len(dets), 1, H, W)
         return Explanation(dets, names, maps)
 
-    def masks(self, n: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:
-        """``n`` RISE masks ``Tensor[n, H, W]`` in [0, 1], drawn on the CPU from ``generator``."""
+    def draws(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The random part of ``n`` masks, drawn on the CPU: kept cells ``Tensor[n, s, s]`` (bool) and shifts
+        ``Tensor[n, 2]`` as fractions of a cell in [0, 1). Drawn all at once, so the masks do not depend on
+        ``batch_size`` or the device."""
+        s = self.grid_size
+        grids = torch.rand(n, s, s, generator=generator) < self.keep_probability
+        return grids, torch.rand(n, 2, generator=generator)
+
+    def masks(self, grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
+        """RISE masks ``Tensor[n, H, W]`` in [0, 1] from :meth:`draws`, built on the draws' device.
+
+        Each grid is upsampled bilinearly to ``(s + 1)`` cells of ``ceil(H / s) x ceil(W / s)`` pixels, and
+        an ``H x W`` window is cut at a shift of ``floor(shift * cell)`` pixels.
+        """
         H, W = size
         s = self.grid_size
         ch, cw = math.ceil(H / s), math.ceil(W / s)
-        grid = (torch.rand(n, 1, s, s, generator=generator) < self.keep_probability).float()
-        up = F.interpolate(grid, size=((s + 1) * ch, (s + 1) * cw), mode="bilinear", align_corners=False)[:, 0]
-        dy = torch.randint(0, ch, (n,), generator=generator)
-        dx = torch.randint(0, cw, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(H))[:, :, None]
-        cols = (dx[:, None] + torch.arange(W))[:, None, :]
-        return up[torch.arange(n)[:, None, None], rows, cols].clamp_(0, 1)  # bilinear rounding can pass 1
+        up = F.interpolate(grids[:, None].float(), size=((s + 1) * ch, (s + 1) * cw), mode="bilinear",
+                           align_corners=False)[:, 0]
+        dy = (shifts[:, 0] * ch).long().clamp_max(ch - 1)
+        dx = (shifts[:, 1] * cw).long().clamp_max(cw - 1)
+        rows = (dy[:, None] + torch.arange(H, device=up.device))[:, :, None]
+        cols = (dx[:, None] + torch.arange(W, device=up.device))[:, None, :]
+        items = torch.arange(len(up), device=up.device)[:, None, None]
+        return up[items, rows, cols].clamp_(0, 1)  # bilinear rounding can pass 1
 
     def _reference_probs(self, clean: Candidates, boxes: Tensor, labels: Tensor) -> Tensor:
         """``Tensor[T, P]``: the probability vector of the unmasked image's candidate that matches each box best."""
@@ -145,5 +160,5 @@ class DRISE:
         similarity = similarity * (F.normalize(found.probs, dim=-1) @ F.normalize(reference, dim=-1).T)
         if found.objectness is not None:
             similarity = similarity * found.objectness[..., None]
-        detected = found.valid & (found.scores.amax(-1) >= self.detector.score_threshold)
+        detected = found.valid & (found.scores.amax(-1) >= self.detector.score_threshold)  # a class, never background
         return torch.where(detected[..., None], similarity, torch.zeros_like(similarity)).amax(1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from odam.detectors.base import borrowed
 from odam.metrics.similarity import spearman, ssim
@@ -31,8 +32,8 @@ class SanityCheck:
     Attributes:
         blocks: the re-initialised blocks in the order they were randomised; depth ``d`` (1-based) has the
             first ``d`` of them random.
-        spearman: ``Tensor[D + 1, N]``, float64: row 0 compares the trained maps with themselves (1), row ``d``
-            the maps at depth ``d``; ``N`` detections. NaN where a map is constant.
+        spearman: ``Tensor[D + 1, N]``, float64: row 0 is the trained model against itself (1 by definition),
+            row ``d`` the maps at depth ``d``; ``N`` detections. NaN where a map is constant.
         ssim: ``Tensor[D + 1, N]``, the same with SSIM.
     """
 
@@ -71,14 +72,24 @@ def randomization_blocks(model: nn.Module) -> list[str]:
 
 
 def reinitialize(module: nn.Module, seed: int) -> None:
-    """Re-initialise every submodule of ``module`` that has ``reset_parameters`` (PyTorch's default init),
-    with the global RNG seeded by ``seed`` and restored afterwards."""
-    with torch.random.fork_rng(devices=[]):
+    """Re-initialise ``module`` in place with the global RNGs seeded by ``seed`` (and restored afterwards).
+
+    Submodules with ``reset_parameters`` get PyTorch's default initialisation (random convolution and linear
+    weights; normalisation layers back to weight 1, bias 0, statistics 0 and 1). torchvision's
+    ``FrozenBatchNorm2d``, which has no such method, is reset to the same identity values.
+    """
+    devices = sorted({p.device.index for p in module.parameters() if p.device.type == "cuda"} - {None})
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for m in module.modules():
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
+            elif isinstance(m, FrozenBatchNorm2d):
+                m.weight.fill_(1)
+                m.bias.zero_()
+                m.running_mean.zero_()
+                m.running_var.fill_(1)
 
 
 def cascading_randomization(model: nn.Module, explain: Callable[[nn.Module], Tensor],
@@ -99,10 +110,10 @@ def cascading_randomization(model: nn.Module, explain: Callable[[nn.Module], Ten
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
-        >>> x = torch.rand(16, 4)
-        >>> check = cascading_randomization(net, lambda m: m(x).detach().view(1, 4, 4), blocks=["1", "0"])
-        >>> check.spearman[0].tolist()
-        [1.0]
+        >>> x = torch.rand(256, 4)
+        >>> check = cascading_randomization(net, lambda m: m(x).detach().view(1, 16, 16), blocks=["1", "0"])
+        >>> check.spearman.shape, check.spearman[0].tolist()
+        (torch.Size([3, 1]), [1.0])
     """
     blocks = randomization_blocks(model) if blocks is None else list(blocks)
     trained = explain(model)
