@@ -77,3 +77,23 @@ def test_candidates_reject_bad_input_and_borrow() -> None:
         adapter.candidates(torch.rand(3, 64, 80))
     adapter.candidates(torch.rand(1, 3, 64, 80))
     assert model.training
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    model.roi_heads.box_head.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        adapter.candidates(torch.rand(1, 3, 64, 80))
+    assert model.training and all(m.training for m in model.modules())
+    assert len(model.roi_heads.box_head._forward_hooks) == 1
+
+
+def test_an_adapter_without_candidates_says_so() -> None:
+    class Minimal(odam.DetectorAdapter):
+        def _trace(self, image: torch.Tensor, layer: object) -> None: ...
+
+        def _graph(self, trace: object, detections: object) -> None: ...
+
+    adapter = Minimal(build("fcos_resnet50_fpn"))
+    with pytest.raises(NotImplementedError, match="Minimal cannot score candidates"):
+        adapter.candidates(torch.rand(1, 3, 32, 32))

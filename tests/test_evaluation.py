@@ -83,6 +83,8 @@ def _without_seconds(summary: dict) -> dict:
         row.pop("seconds_per_object")
     for counts in summary["counts"].values():
         counts.pop("seconds_per_object")
+    for row in summary.get("shared", {}).get("rows", {}).values():
+        row.pop("seconds_per_object")
     return summary
 
 
@@ -169,6 +171,7 @@ def test_summary_by_hand(tmp_path: Path) -> None:
                          "seconds": 0.5 * (n + 1), "deletion": curve(dele, [1.0, 0.5 * n]),
                          "insertion": curve(50.0, [0.0, 1.0]), "vea": None, "pg_box": pg, "pg_mask": None,
                          "enpg_box": 0.5, "enpg_mask": None, "compactness": comp, "odi_box": odi, "odi_mask": None})
+    rows.append(rows[0] | {"method": "drise", "pg_box": False, "deletion": curve(10.0, [1.0, 0.0])})  # one object
     (tmp_path / "objects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(tmp_path)
     odam_row = summary["rows"]["odam"]
@@ -178,6 +181,11 @@ def test_summary_by_hand(tmp_path: Path) -> None:
     assert summary["curves"]["odam"]["deletion"]["y"] == [1.0, 0.25]
     text = markdown(summary)
     assert "| ODAM | 70.00 | 50.00 | n/a |" in text and "ODAM compactness 1" in text
-    assert text.index("| Grad-CAM |") < text.index("| ODAM |")  # the paper's order
+    assert text.index("| Grad-CAM |") < text.index("| D-RISE |") < text.index("| ODAM |")  # the paper's order
+    # D-RISE explained object 1 only: all three are also compared on that object alone.
+    assert summary["shared"]["objects"] == 1
+    shared = summary["shared"]["rows"]["odam"]
+    assert shared["deletion_auc"] == 80.0 and shared["pg_box"] == 100
+    assert "on the 1 objects that every method explained" in text and "| D-RISE | 10.00 |" in text
     header = (tmp_path / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("method,objects,deletion_auc")

@@ -99,3 +99,20 @@ def test_model_is_borrowed() -> None:
     odam.GradCAM(model).explain(image)
     assert model.training and not model.backbone.body.conv1.weight.requires_grad
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_model_is_borrowed_also_when_it_raises() -> None:
+    model = copy.deepcopy(_model("retinanet_resnet50_fpn")).train()
+    model.head.classification_head.cls_logits.weight.requires_grad_(False)
+    handle = model.backbone.register_forward_hook(lambda *a: None)
+    explainer = odam.GradCAMPlusPlus(model)
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    explainer._explain_group = fail
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer.explain(torch.rand(3, 96, 120, dtype=torch.float64))
+    assert model.training and all(m.training for m in model.modules())
+    assert not model.head.classification_head.cls_logits.weight.requires_grad
+    assert list(model.backbone._forward_hooks) == [handle.id]

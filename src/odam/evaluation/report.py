@@ -42,19 +42,17 @@ def summarize(out: Path) -> dict[str, Any]:
                                "rows": {}, "curves": {}, "counts": {}, "sanity": {}}
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
-        row, counts = {"method": m, "objects": len(mine)}, {}
-        for column, key, scale in (("deletion_auc", ("deletion", "auc"), 1), ("insertion_auc", ("insertion", "auc"), 1),
-                                   ("vea_auc", ("vea", "auc"), 1), ("odi_box", ("odi_box",), 100),
-                                   ("odi_mask", ("odi_mask",), 100), ("pg_box", ("pg_box",), 100),
-                                   ("pg_mask", ("pg_mask",), 100), ("enpg_box", ("enpg_box",), 100),
-                                   ("enpg_mask", ("enpg_mask",), 100), ("compactness", ("compactness",), 1),
-                                   ("seconds_per_object", ("seconds",), 1)):
-            values = [v for v in (_get(r, key) for r in mine) if v is not None]
-            row[column] = scale * sum(float(v) for v in values) / len(values) if values else None
-            counts[column] = len(values)
-        summary["rows"][m], summary["counts"][m] = row, counts
+        means, counts = _means(mine)
+        summary["rows"][m], summary["counts"][m] = {"method": m, "objects": len(mine)} | means, counts
         summary["curves"][m] = {k: _mean_curve([r[k] for r in mine if r[k] is not None])
                                 for k in ("deletion", "insertion", "vea")}
+    # Methods that explained different objects (D-RISE usually fewer) are also compared on the shared ones.
+    shared = set.intersection(*({(r["image_id"], r["ann_id"]) for r in rows if r["method"] == m} for m in methods)) \
+        if methods else set()
+    if any(summary["rows"][m]["objects"] > len(shared) for m in methods):
+        summary["shared"] = {"objects": len(shared), "rows": {
+            m: _means([r for r in rows if r["method"] == m and (r["image_id"], r["ann_id"]) in shared])[0]
+            | {"method": m, "objects": len(shared)} for m in methods}}
     for m, checks in _by_method(read_journal(out / "sanity.jsonl")).items():
         summary["sanity"][m] = {"blocks": checks[0]["blocks"], "objects": len(checks),
                                 "spearman": _mean_lists([c["spearman"] for c in checks]),
@@ -97,6 +95,14 @@ def markdown(summary: dict[str, Any]) -> str:
                  if n < rows[m]["objects"] and k not in ("vea_auc", "pg_mask", "enpg_mask", "odi_mask")]
     if undefined:
         lines += ["", "Objects where a metric is undefined and left out of its mean: " + ", ".join(undefined) + "."]
+    if "shared" in summary:
+        shared = summary["shared"]["rows"]
+        lines += ["", f"The same metrics on the {summary['shared']['objects']} objects that every method explained:",
+                  "", "| method | Del. ↓ | Ins. ↑ | VEA ↑ | ODI box ↓ | ODI mask ↓ | PG(b) ↑ | enPG(b) ↑ | Comp. ↓ |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {NAMES[m]} | {f(r['deletion_auc'], 2)} | {f(r['insertion_auc'], 2)} | {f(r['vea_auc'], 3)} "
+                  f"| {f(r['odi_box'])} | {f(r['odi_mask'])} | {f(r['pg_box'])} | {f(r['enpg_box'])} "
+                  f"| {f(r['compactness'], 2)} |" for m, r in shared.items()]
     if summary["sanity"]:
         blocks = next(iter(summary["sanity"].values()))["blocks"]
         lines += ["", "Sanity check (cascading randomisation, `sanity.png`): mean Spearman / SSIM of each map with "
@@ -107,6 +113,21 @@ def markdown(summary: dict[str, Any]) -> str:
             cells = [f"{f(r, 2)} / {f(q, 2)}" for r, q in zip(s["spearman"][1:], s["ssim"][1:], strict=True)]
             lines.append(f"| {NAMES[m]} | {s['objects']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _means(rows: list[dict]) -> tuple[dict[str, float | None], dict[str, int]]:
+    """Each column's mean over the rows where it is defined, and how many those are."""
+    means, counts = {}, {}
+    for column, key, scale in (("deletion_auc", ("deletion", "auc"), 1), ("insertion_auc", ("insertion", "auc"), 1),
+                               ("vea_auc", ("vea", "auc"), 1), ("odi_box", ("odi_box",), 100),
+                               ("odi_mask", ("odi_mask",), 100), ("pg_box", ("pg_box",), 100),
+                               ("pg_mask", ("pg_mask",), 100), ("enpg_box", ("enpg_box",), 100),
+                               ("enpg_mask", ("enpg_mask",), 100), ("compactness", ("compactness",), 1),
+                               ("seconds_per_object", ("seconds",), 1)):
+        values = [v for v in (_get(r, key) for r in rows) if v is not None]
+        means[column] = scale * sum(float(v) for v in values) / len(values) if values else None
+        counts[column] = len(values)
+    return means, counts
 
 
 def _get(row: dict, key: tuple[str, ...]) -> Any:
