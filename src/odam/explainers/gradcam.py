@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from odam.detectors import DetectorAdapter
 from odam.detectors.base import FeatureGroup
 from odam.explainers.odam import _DEFAULT_MEMORY, GradientExplainer
 
@@ -49,10 +48,6 @@ class GradCAM(GradientExplainer):
         >>> tuple(odam.GradCAM(model).explain(torch.rand(3, 48, 64)).maps.shape)
         (2, 1, 48, 64)
     """
-
-    def __init__(self, detector: nn.Module | DetectorAdapter, *, batch_size: int | None = None,
-                 layer: str | nn.Module | None = None) -> None:
-        super().__init__(detector, batch_size=batch_size, layer=layer)
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
         t = y.shape[1]
