@@ -15,7 +15,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
@@ -264,7 +264,7 @@ def _masks(record: ImageRecord) -> Tensor | None:
                                                                                     dtype=torch.bool)
 
 
-def _explainer(method: str, detector: DetectorAdapter, config: EvaluationConfig) -> Any:
+def _explainer(method: str, detector: DetectorAdapter | nn.Module, config: EvaluationConfig) -> Any:
     if method == "odam":
         return odam.ODAM(detector)
     if method == "gradcam":
@@ -325,9 +325,8 @@ def _measure(method: str, explainer: Any, detector: DetectorAdapter, image: Tens
 def _sanity(method: str, detector: DetectorAdapter, image: Tensor, dets: Detections, targets: list[Target],
             config: EvaluationConfig) -> list[dict]:
     picked = dets[[t.detection for t in targets]]
-    build: Callable[..., Any] = {"odam": odam.ODAM, "gradcam": odam.GradCAM, "gradcam++": odam.GradCAMPlusPlus}[method]
     check = cascading_randomization(
-        detector.model, lambda model: build(model).explain(image, detections=picked).maps[:, 0],
+        detector.model, lambda model: _explainer(method, model, config).explain(image, detections=picked).maps[:, 0],
         seed=_seed(config, 7),
     )
     return [{"order": t.order, "image_id": int(t.record.id), "ann_id": _ann(t), "method": method,
