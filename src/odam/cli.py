@@ -281,6 +281,18 @@ def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                              ("max_iters", int, "N")):
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, metavar=meta,
                            default=getattr(d, name), help=f"(default: {getattr(d, name)})")
+    odam = train.add_argument_group("Odam-Train (paper Sec. 3.2; fcos and fasterrcnn)")
+    odam.add_argument("--odam-train", action="store_true",
+                      help="add the heat-map consistency and separation losses")
+    odam.add_argument("--odam-weight", type=float, default=d.odam_weight, metavar="F",
+                      help=f"their weight lambda (default: {d.odam_weight})")
+    odam.add_argument("--odam-negatives", choices=("all", "overlapping"), default=d.odam_negatives,
+                      help="other objects' positives in the separation loss: all (Eq. 3) or only those whose box "
+                           f"overlaps (default: {d.odam_negatives})")
+    odam.add_argument("--odam-max-positives", type=int, default=None, metavar="N",
+                      help="at most N positives per image enter the loss, each object's best first (default: all)")
+    odam.add_argument("--odam-second-order", action="store_true",
+                      help="also differentiate through the gradient weights (slower)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.set_defaults(run=_train)
 
@@ -332,7 +344,9 @@ def _train(args: argparse.Namespace) -> int:
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup_iters=args.warmup_iters, min_size=args.min_size, max_size=args.max_size,
                          nms_thresh=args.nms_thresh, workers=args.workers, max_iters=args.max_iters,
-                         device=str(device))
+                         device=str(device), odam_train=args.odam_train, odam_weight=args.odam_weight,
+                         odam_negatives=args.odam_negatives, odam_max_positives=args.odam_max_positives,
+                         odam_second_order=args.odam_second_order)
     state = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         m = state["metrics"]

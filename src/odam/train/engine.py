@@ -45,6 +45,7 @@ from tqdm import tqdm
 from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
 from odam.data.io import read_dataset
+from odam.losses import NEGATIVES
 from odam.models import _atomic, create_model, save_checkpoint
 
 #: The name of label 0 in checkpoint categories, which are indexed by label as torchvision's are.
@@ -77,6 +78,13 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; under torchrun each rank uses ``cuda:LOCAL_RANK``.
         workers: data-loading processes per rank.
         max_iters: stop each epoch after this many iterations (for smoke tests); ``None`` for all.
+        odam_train: add Odam-Train's consistency and separation loss (paper Sec. 3.2; FCOS and Faster R-CNN),
+            see :mod:`odam.train.odam_train`.
+        odam_weight: its weight lambda.
+        odam_negatives: ``"all"`` (Eq. 3) or ``"overlapping"`` (only other objects' positives whose box
+            overlaps the best one's).
+        odam_max_positives: at most this many positives per image enter the loss; ``None`` for all.
+        odam_second_order: differentiate through the gradient weights too (slower; reaches the head).
     """
 
     model: str
@@ -102,6 +110,11 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 0
     max_iters: int | None = None
+    odam_train: bool = False
+    odam_weight: float = 1.0
+    odam_negatives: str = "all"
+    odam_max_positives: int | None = None
+    odam_second_order: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -111,9 +124,9 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("warmup_iters", 0),
-                          ("workers", 0), ("seed", 0), ("max_iters", 1)):
+                          ("workers", 0), ("seed", 0), ("max_iters", 1), ("odam_max_positives", 1)):
             value = getattr(self, name)
-            if name == "max_iters" and value is None:
+            if name in ("max_iters", "odam_max_positives") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -128,6 +141,12 @@ class TrainConfig:
         lo, hi = self.jitter
         if not 0 < lo <= 1.0 <= hi:
             raise ValueError(f"jitter must satisfy 0 < low <= 1 <= high, got {self.jitter!r}")
+        if not (self.odam_weight >= 0 and math.isfinite(self.odam_weight)):
+            raise ValueError(f"odam_weight must be a non-negative number, got {self.odam_weight!r}")
+        if self.odam_negatives not in NEGATIVES:
+            raise ValueError(f"odam_negatives must be one of {', '.join(NEGATIVES)}, got {self.odam_negatives!r}")
+        if self.odam_train and self.model == "retinanet":
+            raise ValueError("--odam-train supports fcos and fasterrcnn, not retinanet")
 
     def model_kwargs(self, num_classes: int) -> dict[str, Any]:
         return {"backbone": self.backbone, "num_classes": num_classes, "min_size": self.min_size,
@@ -315,6 +334,12 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    odam = None
+    if config.odam_train:
+        from odam.train.odam_train import OdamTrainer
+
+        odam = OdamTrainer(model, weight=config.odam_weight, negatives=config.odam_negatives,
+                           max_positives=config.odam_max_positives, second_order=config.odam_second_order)
     eval_sizes = (model.transform.min_size, model.transform.max_size)
     sizes = jitter_sizes(config)
     bar = tqdm(total=total, initial=state["step"], desc=f"train {config.model}", unit="it", disable=not progress,
@@ -336,8 +361,13 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                     group["lr"] = lr
                 images = [im.to(device, non_blocking=True) for im in images]
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                watched: dict[str, Tensor] = {}
                 with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
-                    losses = net(images, targets)
+                    with odam.capture() if odam is not None else nullcontext():
+                        losses = net(images, targets)
+                    if odam is not None:
+                        losses["odam"], stats = odam.loss()
+                        watched = {"con": stats["con"], "sep": stats["sep"]}
                     loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:  # the scaler skips steps with non-finite gradients by itself
@@ -355,7 +385,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                                                  f"{batch_index + 1} (loss {loss.item():.4g}); lower --lr")
                     optimizer.step()
                 state["step"] += 1
-                for k, v in losses.items():
+                for k, v in (losses | watched).items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 shown = {_short(k): f"{v / (batch_index + 1):.3f}" for k, v in sums.items()}
@@ -501,9 +531,10 @@ def _restore(out: Path, config: TrainConfig, model: nn.Module, optimizer: torch.
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot resume from {path}: {' '.join(str(err).split())}") from err
     before, now_all = state["training"], _jsonable(config)
+    defaults = _jsonable(TrainConfig(model=config.model, data="", out=""))  # for settings added since
     for key in sorted(set(now_all) - {"out", "device", "workers"}):
         now = now_all[key]
-        if before.get(key) != now:
+        if before.get(key, defaults[key]) != now:
             raise ValueError(f"cannot resume {out}: it was trained with {key}={before.get(key)!r}, now {now!r}")
     if state.get("world_size", 1) != int(os.environ.get("WORLD_SIZE", "1")):
         print(f"odam: warning: resuming a {state.get('world_size', 1)}-process run with "
