@@ -107,9 +107,10 @@ def test_resume_refuses_a_changed_run(tiny_data, tmp_path, capsys):
     assert err.count("\n") == 1 and "trained with lr=0.01, now 0.5" in err
 
 
-def test_two_process_ddp_step_keeps_ranks_identical_on_disjoint_shards(tiny_data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--odam-train", "--odam-negatives", "overlapping")])
+def test_two_process_ddp_step_keeps_ranks_identical_on_disjoint_shards(tiny_data, tmp_path, extra):
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "odam",
-            *_train_args(tiny_data, tmp_path, "--epochs", "1", "--max-iters", "2")]
+            *_train_args(tiny_data, tmp_path, "--epochs", "1", "--max-iters", "2", *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,6 +121,8 @@ def test_two_process_ddp_step_keeps_ranks_identical_on_disjoint_shards(tiny_data
     assert epoch["distinct_images"] == 8  # ... on disjoint images
     digests = state["rank_weight_sha256"]
     assert len(digests) == 2 and digests[0] == digests[1]
+    if extra:  # Odam-Train's loss was added and logged
+        assert epoch["odam"] > 0 and epoch["odam"] == pytest.approx(epoch["con"] + epoch["sep"])
 
 
 class _Fixed(nn.Module):
