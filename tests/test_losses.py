@@ -70,7 +70,8 @@ def test_identical_maps_per_object_and_orthogonal_maps_across_objects_cost_almos
     maps = basis[gt] * torch.tensor([1.0, 2, 3, 1, 5, 1])[:, None]  # scale does not matter to a cosine
     loss, stats = odam_train_loss(maps, gt, torch.rand(6))
     assert loss.item() < 1e-5
-    assert int(stats["con_pairs"]) == 3 and int(stats["sep_pairs"]) == 3 + 4 + 5  # each best against every other object's maps
+    # each best against every other object's maps
+    assert int(stats["con_pairs"]) == 3 and int(stats["sep_pairs"]) == 3 + 4 + 5
 
 
 def test_swapping_two_objects_maps_raises_the_loss():

@@ -92,7 +92,8 @@ def test_fcos_windows_equal_the_whole_level_head_with_frozen_groupnorm_statistic
         expected = F.relu((g * feature[b]).sum(0))
         if level:
             expected = F.interpolate(expected[None, None], size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
-        assert torch.allclose(got.maps[n].detach(), expected.detach(), atol=1e-6 * float(expected.detach().abs().max()) + 1e-12)
+        expected = expected.detach()
+        assert torch.allclose(got.maps[n].detach(), expected, atol=1e-6 * float(expected.abs().max()) + 1e-12)
 
 
 def test_fcos_maps_stay_close_to_exact_autograd_on_the_trained_model():
@@ -135,7 +136,8 @@ def test_fasterrcnn_maps_equal_one_autograd_call_per_roi(batch):
         g = torch.autograd.grad(score, pooled, retain_graph=True)[0][r]
         local = F.relu((g * pooled[r]).sum(0))
         expected = _paste(local[None], proposals[r][None], tuple(size), stride)[0]
-        assert torch.allclose(got.maps[n].detach(), expected.detach(), atol=1e-6 * float(expected.detach().abs().max()) + 1e-12)
+        expected = expected.detach()
+        assert torch.allclose(got.maps[n].detach(), expected, atol=1e-6 * float(expected.abs().max()) + 1e-12)
         assert got.scores[n].item() == pytest.approx(score.item(), abs=1e-6)
 
 

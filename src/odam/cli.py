@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 def _evaluate_parser(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="measure detectors")
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True, metavar="{detector,explanations}")
+    ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True,
+                                     metavar="{detector,explanations,correlation}")
     det = ev_sub.add_parser("detector", help="COCO mAP and AP50 of detectors on a dataset",
                             description="Evaluate each model on DATA with pycocotools and print a Markdown table "
                                         "with its size and recorded training time.")
@@ -168,6 +169,30 @@ def _evaluate_parser(sub: Any) -> None:
     ex.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ex.set_defaults(run=_evaluate_explanations)
+
+    from odam.evaluation.correlation import CorrelationConfig
+
+    c = CorrelationConfig(data="", model="")
+    co = ev_sub.add_parser(
+        "correlation", help="heat-map correlation of predictions on the same vs different objects (Fig. 4)",
+        description="Explain every prediction before NMS scoring at least --score-threshold with ODAM, and compare "
+                    "the maps of pairs on the same object with pairs on different objects whose boxes overlap "
+                    "(IoU > --overlap-iou). Writes OUT/<model>/images.jsonl and summary.{json,md}; rerunning the "
+                    "same command resumes.")
+    co.add_argument("--data", required=True, help="dataset folder or annotation file (COCO json or odgt)")
+    co.add_argument("--model", required=True, nargs="+", metavar="SPEC", help="bundled names or checkpoints")
+    co.add_argument("--max-images", type=int, default=c.max_images, metavar="N",
+                    help=f"the first N images (default {c.max_images})")
+    co.add_argument("--score-threshold", type=float, default=c.score_threshold, metavar="S",
+                    help=f"explain predictions scoring at least S (default {c.score_threshold}, as Fig. 4)")
+    co.add_argument("--overlap-iou", type=float, default=c.overlap_iou, metavar="T",
+                    help=f"different objects count when their boxes have IoU > T (default {c.overlap_iou})")
+    co.add_argument("--out", required=True, type=Path, help="output directory; an existing run there is resumed")
+    co.add_argument("--write", type=Path, default=None, metavar="FILE",
+                    help="also replace this table's block in a Markdown file (e.g. docs/RESULTS.md)")
+    co.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    co.set_defaults(run=_evaluate_correlation)
 
 
 def _evaluate_detector(args: argparse.Namespace) -> int:
@@ -256,6 +281,27 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
     print(text)
     if args.write is not None:
         write_block(args.write, f"explanations-{Path(summary['data']).name}-{Path(summary['model']).name}", text)
+    return 0
+
+
+def _evaluate_correlation(args: argparse.Namespace) -> int:
+    from odam.data.stats import write_block
+    from odam.evaluation.correlation import CorrelationConfig, markdown, run
+
+    if not Path(args.data).exists():
+        raise ValueError(f"no dataset at {args.data}")
+    device = _device(args.device)
+    summaries = []
+    for spec in args.model:
+        config = CorrelationConfig(data=str(args.data), model=spec, max_images=args.max_images,
+                                   score_threshold=args.score_threshold, overlap_iou=args.overlap_iou)
+        summaries.append(run(config, args.out / Path(spec).name, device=device))
+    text = (f"`odam evaluate correlation --data {args.data} --model {' '.join(args.model)} --max-images "
+            f"{args.max_images} --score-threshold {args.score_threshold:g} --overlap-iou {args.overlap_iou:g}`\n\n"
+            + markdown(summaries))
+    print(text)
+    if args.write is not None:
+        write_block(args.write, f"correlation-{Path(args.data).name}", text)
     return 0
 
 

@@ -1,0 +1,225 @@
+"""Heat-map correlation between predictions (paper Fig. 4): do two predictions' ODAM maps say they look at the
+same object?
+
+For each image, the detector's predictions *before* NMS that score at least ``score_threshold`` are explained by
+ODAM (score target, default settings). Each is assigned to the ground-truth object it overlaps most, if that IoU
+is at least ``assign_iou`` (ignored objects never take predictions). Two kinds of pairs are then compared:
+
+* **same object**: two predictions assigned to the same object;
+* **different, overlapping objects**: predictions assigned to two objects whose ground-truth boxes have
+  IoU > ``overlap_iou``.
+
+Maps are block-averaged to a short edge of ``short_edge`` cells (as Odam-NMS compares them) and compared by
+Pearson correlation (the normalised correlation: cosine of the mean-centred maps) and by plain cosine (what
+Odam-Train's loss uses). A model that discriminates objects well has a high same-object correlation, a low
+different-object one, and a wide gap between them.
+
+Per-image sums are written to ``images.jsonl`` as they are computed, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+KINDS = ("same", "different")
+MEASURES = ("pearson", "cosine")
+
+
+@dataclass(frozen=True)
+class CorrelationConfig:
+    """One correlation run; a rerun in the same folder must agree on all of it."""
+
+    data: str
+    model: str
+    max_images: int = 100
+    score_threshold: float = 0.1
+    assign_iou: float = 0.5
+    overlap_iou: float = 0.3
+    short_edge: int = 50
+    max_predictions: int = 300
+
+    def check(self) -> None:
+        for name in ("max_images", "short_edge", "max_predictions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("score_threshold", "assign_iou", "overlap_iou"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def correlations(maps: Tensor) -> dict[str, Tensor]:
+    """Pairwise ``pearson`` and ``cosine`` similarity (``Tensor[N, N]`` each) of flattened maps ``Tensor[N, D]``.
+
+    A constant map has no defined Pearson correlation; its row and column are NaN.
+
+    Example:
+        >>> c = correlations(torch.tensor([[1.0, 0, 0, 1], [2.0, 0, 0, 2], [0.0, 1, 1, 0]]))
+        >>> c["pearson"][0].tolist(), c["cosine"][0, 2].item()
+        ([1.0, 1.0, -1.0], 0.0)
+    """
+    x = maps.flatten(1).double()
+    centred = x - x.mean(1, keepdim=True)
+    norm = centred.norm(dim=1)
+    unit = centred / norm.clamp_min(1e-300)[:, None]
+    pearson = unit @ unit.T
+    flat = norm <= 1e-12 * x.abs().amax(1).clamp_min(1e-300)
+    pearson[flat] = float("nan")
+    pearson[:, flat] = float("nan")
+    plain = F.normalize(x, dim=1)
+    return {"pearson": pearson.clamp(-1, 1), "cosine": (plain @ plain.T).clamp(-1, 1)}
+
+
+def pairs(pred_boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor, assign_iou: float, overlap_iou: float
+          ) -> dict[str, Tensor]:
+    """Index pairs ``Tensor[P, 2]`` (i < j) of predictions on the ``same`` object and on ``different``,
+    overlapping objects, from predicted boxes ``[N, 4]`` and ground truth ``[G, 4]`` (with ``gt_ignore[G]``).
+
+    Example:
+        >>> gt = torch.tensor([[0.0, 0, 10, 10], [5, 0, 15, 10], [50, 50, 60, 60]])
+        >>> pred = torch.tensor([[0.0, 0, 10, 10], [1, 0, 10, 10], [5, 0, 15, 10], [50, 50, 60, 61]])
+        >>> p = pairs(pred, gt, torch.zeros(3, dtype=torch.bool), 0.5, 0.3)
+        >>> p["same"].tolist(), p["different"].tolist()
+        ([[0, 1]], [[0, 2], [1, 2]])
+    """
+    n = len(pred_boxes)
+    empty = torch.zeros(0, 2, dtype=torch.int64, device=pred_boxes.device)
+    keep = torch.where(~gt_ignore)[0]
+    if n < 2 or len(keep) == 0:
+        return {"same": empty, "different": empty}
+    gt = gt_boxes[keep]
+    best, which = box_iou(pred_boxes, gt).max(1)
+    assigned = torch.where(best >= assign_iou, which, torch.full_like(which, -1))
+    i, j = torch.triu_indices(n, n, 1, device=pred_boxes.device)
+    both = (assigned[i] >= 0) & (assigned[j] >= 0)
+    same = both & (assigned[i] == assigned[j])
+    gt_iou = box_iou(gt, gt)
+    different = both & (assigned[i] != assigned[j])
+    different &= gt_iou[assigned[i].clamp_min(0), assigned[j].clamp_min(0)] > overlap_iou
+    return {"same": torch.stack([i[same], j[same]], 1), "different": torch.stack([i[different], j[different]], 1)}
+
+
+def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "cpu",
+        progress: bool = True) -> dict:
+    """Measure the correlations over the first ``max_images`` images of ``config.data``; returns the summary,
+    also written to ``out/summary.json`` and ``out/summary.md``."""
+    import odam
+    from odam.data.io import read_dataset
+    from odam.models import configure
+
+    config.check()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = out / "config.json"
+    mine = asdict(config)
+    if settings.exists():
+        before = json.loads(settings.read_text(encoding="utf-8"))
+        for key, value in mine.items():
+            if before.get(key) != value:
+                raise ValueError(f"{out} holds a run with {key}={before.get(key)!r}, not {value!r}; "
+                                 "use another --out")
+    else:
+        settings.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+    data = read_dataset(config.data)
+    records = data.images[: config.max_images]
+    journal = out / "images.jsonl"
+    done = _read(journal)
+    detector = odam.load_detector(config.model)
+    configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
+              max_detections=config.max_predictions)
+    detector.model.to(device)
+    explainer = odam.ODAM(detector)
+    todo = [r for r in records if r.id not in done]
+    for record in tqdm(todo, desc="correlation", unit="image", disable=not progress, dynamic_ncols=True):
+        image = odam.load_image(record.file).to(device)
+        explanation = explainer.explain(image)
+        dets = explanation.detections
+        gt = torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4), device=dets.boxes.device)
+        gt[:, 0::2] = gt[:, 0::2].clamp(0, record.width)
+        gt[:, 1::2] = gt[:, 1::2].clamp(0, record.height)
+        ignore = torch.as_tensor(np.asarray(record.ignore, bool), device=gt.device)
+        found = pairs(dets.boxes, gt, ignore, config.assign_iou, config.overlap_iou)
+        row: dict = {"image_id": record.id, "predictions": len(dets)}
+        if len(dets) >= 2:
+            sims = correlations(_shrink(explanation.maps[:, 0], config.short_edge))
+        for kind in KINDS:
+            idx = found[kind]
+            for measure in MEASURES:
+                values = sims[measure][idx[:, 0], idx[:, 1]] if len(idx) else torch.zeros(0)
+                values = values[~torch.isnan(values)]
+                row[f"{kind}_{measure}_sum"] = float(values.sum())
+                row[f"{kind}_{measure}_n"] = len(values)
+        with open(journal, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    rows = _read(journal)
+    summary = summarize(config, [rows[r.id] for r in records if r.id in rows])
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(markdown([summary]) + "\n", encoding="utf-8")
+    return summary
+
+
+def summarize(config: CorrelationConfig, rows: list[dict]) -> dict:
+    """Means over all pairs of all images, and the gap same - different, per measure."""
+    summary: dict = {"data": config.data, "model": config.model, "images": len(rows),
+                     "predictions_per_image": float(np.mean([r["predictions"] for r in rows])) if rows else 0.0}
+    for measure in MEASURES:
+        for kind in KINDS:
+            n = sum(r[f"{kind}_{measure}_n"] for r in rows)
+            total = sum(r[f"{kind}_{measure}_sum"] for r in rows)
+            summary[f"{kind}_{measure}"] = total / n if n else math.nan
+            if measure == "cosine":  # defined for every pair (Pearson is not for a constant map)
+                summary[f"{kind}_pairs"] = n
+        summary[f"gap_{measure}"] = summary[f"same_{measure}"] - summary[f"different_{measure}"]
+    return summary
+
+
+def markdown(summaries: list[dict]) -> str:
+    """One table row per run."""
+    lines = ["| model | images | predictions per image | same-object pairs | different-object pairs "
+             "| Pearson: same | different | **gap** | cosine: same | different | **gap** |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {Path(s['model']).name} | {s['images']} | {s['predictions_per_image']:.1f} | "
+                     f"{s['same_pairs']} | {s['different_pairs']} | {s['same_pearson']:.3f} | "
+                     f"{s['different_pearson']:.3f} | **{s['gap_pearson']:.3f}** | {s['same_cosine']:.3f} | "
+                     f"{s['different_cosine']:.3f} | **{s['gap_cosine']:.3f}** |")
+    return "\n".join(lines)
+
+
+def _shrink(maps: Tensor, short_edge: int) -> Tensor:
+    h, w = maps.shape[-2:]
+    scale = short_edge / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.adaptive_avg_pool2d(maps[:, None], size)[:, 0]
+
+
+def _read(path: Path) -> dict[int, dict]:
+    """Rows by image id; a line cut short by a kill is dropped (and cut from the file)."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    rows = {}
+    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            rows.setdefault(int(row["image_id"]), row)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{n}: not a record of this run ({err})") from None
+    return rows
