@@ -189,3 +189,23 @@ def test_summary_by_hand(tmp_path: Path) -> None:
     assert "on the 1 objects that every method explained" in text and "| D-RISE | 10.00 |" in text
     header = (tmp_path / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("method,objects,deletion_auc")
+
+
+def test_compare_puts_one_methods_rows_of_several_runs_side_by_side(tmp_path, capsys):
+    from odam.cli import main as cli
+
+    row = {"objects": 3, "odi_box": 50.0, "odi_mask": 20.0, "pg_box": 100.0, "enpg_box": 70.0, "enpg_mask": None,
+           "compactness": 1.0, "deletion_auc": 90.0, "insertion_auc": 60.0, "vea_auc": 0.1}
+    for name, odi in (("a", 50.0), ("b", 41.25)):
+        (tmp_path / name).mkdir()
+        summary = {"model": f"/x/model-{name}", "data": "/d/crowd", "methods": ["odam"],
+                   "rows": {"odam": row | {"odi_box": odi}}}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    md = tmp_path / "R.md"
+    assert cli(["evaluate", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--write", str(md)]) == 0
+    text = md.read_text()
+    assert "| model-a | crowd | 3 | 50.0 | 20.0 | 100.0 | 70.0 | n/a | 1.00 | 90.00 | 60.00 | 0.100 |" in text
+    assert "| model-b | crowd | 3 | 41.2 |" in text
+    capsys.readouterr()
+    assert cli(["evaluate", "compare", str(tmp_path / "a"), "--method", "gradcam"]) == 2
+    assert "has no 'gradcam' results (it measured odam)" in capsys.readouterr().err

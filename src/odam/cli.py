@@ -111,7 +111,7 @@ def _evaluate_parser(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="measure detectors")
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True,
-                                     metavar="{detector,explanations,correlation}")
+                                     metavar="{detector,explanations,correlation,compare}")
     det = ev_sub.add_parser("detector", help="COCO mAP and AP50 of detectors on a dataset",
                             description="Evaluate each model on DATA with pycocotools and print a Markdown table "
                                         "with its size and recorded training time.")
@@ -193,6 +193,17 @@ def _evaluate_parser(sub: Any) -> None:
     co.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     co.set_defaults(run=_evaluate_correlation)
+
+    cmp = ev_sub.add_parser("compare", help="one method's metrics from several explanation runs, side by side",
+                            description="Read RUN/summary.json of 'odam evaluate explanations' runs and print one "
+                                        "table row per run for --method.")
+    cmp.add_argument("runs", nargs="+", type=Path, metavar="RUN")
+    cmp.add_argument("--method", default="odam", help="(default odam)")
+    cmp.add_argument("--write", type=Path, default=None, metavar="FILE",
+                     help="also replace the block named --key in this Markdown file")
+    cmp.add_argument("--key", default="compare", help="the block's name in --write (default compare)")
+    cmp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    cmp.set_defaults(run=_evaluate_compare)
 
 
 def _evaluate_detector(args: argparse.Namespace) -> int:
@@ -281,6 +292,18 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
     print(text)
     if args.write is not None:
         write_block(args.write, f"explanations-{Path(summary['data']).name}-{Path(summary['model']).name}", text)
+    return 0
+
+
+def _evaluate_compare(args: argparse.Namespace) -> int:
+    from odam.data.stats import write_block
+    from odam.evaluation.report import compare
+
+    text = f"`odam evaluate compare {' '.join(map(str, args.runs))} --method {args.method}`\n\n" + compare(
+        args.runs, args.method)
+    print(text)
+    if args.write is not None:
+        write_block(args.write, args.key, text)
     return 0
 
 

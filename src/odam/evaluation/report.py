@@ -115,6 +115,33 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compare(runs: list[Path], method: str = "odam") -> str:
+    """One method's row from several runs' ``summary.json`` side by side (e.g. a model with and without
+    Odam-Train), as a Markdown table.
+
+    Raises:
+        ValueError: a folder without a summary, or a run that did not measure ``method``.
+    """
+    f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"{NAMES.get(method, method)} in each run (paper Tables 1, 3a and 4; %):", "",
+             "| model | data | objects | ODI box ↓ | ODI mask ↓ | PG(b) ↑ | enPG(b) ↑ | enPG(m) ↑ | Comp. ↓ "
+             "| Del. ↓ | Ins. ↑ | VEA ↑ |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        path = Path(run) / "summary.json"
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read a run summary ({' '.join(str(err).split())})") from None
+        if method not in summary.get("rows", {}):
+            raise ValueError(f"{run} has no {method!r} results (it measured {', '.join(summary.get('methods', []))})")
+        r = summary["rows"][method]
+        lines.append(f"| {Path(summary['model']).name} | {Path(summary['data']).name} | {r['objects']} "
+                     f"| {f(r['odi_box'])} | {f(r['odi_mask'])} | {f(r['pg_box'])} | {f(r['enpg_box'])} "
+                     f"| {f(r['enpg_mask'])} | {f(r['compactness'], 2)} | {f(r['deletion_auc'], 2)} "
+                     f"| {f(r['insertion_auc'], 2)} | {f(r['vea_auc'], 3)} |")
+    return "\n".join(lines)
+
+
 def _means(rows: list[dict]) -> tuple[dict[str, float | None], dict[str, int]]:
     """Each column's mean over the rows where it is defined, and how many those are."""
     means, counts = {}, {}
