@@ -10,7 +10,7 @@
    report the relative L2 error of the batched map, their cosine, and the loss computed from each set.
 
     python benchmarks/bench_odam_train.py --data /work/data/train                           # print
-    python benchmarks/bench_odam_train.py --data /work/data/train --write docs/PERFORMANCE.md
+    python benchmarks/bench_odam_train.py --data /work/data/train --write docs/PERFORMANCE.md --write docs/RESULTS.md
 """
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def step_times(name: str, images: list, targets: list, repeats: int, max_positiv
     return row
 
 
+def _score(out: dict, b: int, i: int, label: int) -> torch.Tensor:
+    return torch.sqrt(torch.sigmoid(out["cls_logits"][b, i, label]) * torch.sigmoid(out["bbox_ctrness"][b, i, 0]))
+
+
 def fcos_error(images: list, targets: list, every: int) -> dict:
     model, _ = load_checkpoint(bundled_path("synthcrowd-fcos"))
     model.train()
@@ -94,7 +98,7 @@ def fcos_error(images: list, targets: list, every: int) -> dict:
     for n in chosen:
         b, i, label = found[n]
         level = int(torch.searchsorted(starts, torch.tensor(i), right=True)) - 1
-        score = torch.sqrt(torch.sigmoid(out["cls_logits"][b, i, label]) * torch.sigmoid(out["bbox_ctrness"][b, i, 0]))
+        score = _score(out, b, i, label)
         g = torch.autograd.grad(score, features[level], retain_graph=True)[0][b]
         h = F.relu((g * features[level][b].detach()).sum(0))
         if level:
@@ -110,9 +114,7 @@ def fcos_error(images: list, targets: list, every: int) -> dict:
     row = {"positives": len(found), "compared": len(chosen), "err_median": float(err.median()),
            "err_p90": float(err.quantile(0.9)), "err_max": float(err.max()), "cos_min": float(cos.min()),
            "cos_median": float(cos.median()), "loss_batched": float(loss_a), "loss_exact": float(loss_e),
-           "score_gap": float(max(abs(float(p.scores[n]) - float(torch.sqrt(
-               torch.sigmoid(out["cls_logits"][found[n][0], found[n][1], found[n][2]])
-               * torch.sigmoid(out["bbox_ctrness"][found[n][0], found[n][1], 0])))) for n in chosen))}
+           "score_gap": max(abs(float(p.scores[n]) - float(_score(out, *found[n]).detach())) for n in chosen)}
     print(row, flush=True)
     return row
 
@@ -147,7 +149,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-positives", type=int, default=None)
     parser.add_argument("--every", type=int, default=4, help="compare every k-th FCOS positive with exact autograd")
-    parser.add_argument("--write", type=Path, default=None, help="replace the bench_odam_train block of this file")
+    parser.add_argument("--write", type=Path, action="append", default=[],
+                        help="replace the bench_odam_train block of this file (repeatable)")
     args = parser.parse_args()
     torch.manual_seed(0)
     images, targets = _batch(args.data, args.batch)
@@ -156,8 +159,8 @@ def main() -> None:
     error = fcos_error(images, targets, args.every)
     text = markdown(rows, error, args)
     print(text)
-    if args.write:
-        write_block(args.write, "bench_odam_train", text)
+    for path in args.write:
+        write_block(path, "bench_odam_train", text)
 
 
 if __name__ == "__main__":
