@@ -131,3 +131,11 @@ def test_bad_input_is_named(kwargs, message):
     args = {"maps": torch.rand(3, 4), "gt_index": torch.tensor([0, 0, 1]), "ious": torch.rand(3)} | kwargs
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         odam_train_loss(**args)
+
+
+def test_half_precision_maps_give_the_float32_loss():
+    maps, gt, ious, image, _ = _random_case(5)
+    full = odam_train_loss(maps.float(), gt, ious, image_index=image)[0]
+    half = odam_train_loss(maps.half(), gt, ious, image_index=image)[0]
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    assert half.item() == pytest.approx(full.item(), rel=2e-3)

@@ -9,7 +9,7 @@ object ``gt_index[n]`` it was assigned to, and its box's IoU with that object:
 * ``L_sep = sum_p sum_{m not in P(p)}          -log (1 - cos(H_b(p), H_m))``, with ``m`` from the same image;
 * the loss is ``weight * (L_con + L_sep) / N`` with ``N`` the number of (best, other) pairs summed.
 
-Cosines are clamped to ``[eps, 1 - eps]``, so a pair of orthogonal maps of one object (or identical maps of two)
+Cosines are clamped to ``[eps, 1 - eps]`` (half-precision maps are computed in float32), so a pair of orthogonal maps of one object (or identical maps of two)
 costs ``-log eps`` and passes no gradient. The pair of the best prediction with itself is not counted: its cosine
 is 1 by definition. ``negatives="overlapping"`` keeps in ``L_sep`` only the predictions whose box overlaps the
 best one's (IoU > 0); the paper's Eq. 3 uses ``"all"``.
@@ -70,6 +70,8 @@ def odam_train_loss(maps: Tensor, gt_index: Tensor, ious: Tensor, *, boxes: Tens
         raise ValueError(f"negatives='overlapping' needs boxes of shape [{n}, 4], got {got}")
     if not 0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+    if maps.dtype in (torch.float16, torch.bfloat16):  # under AMP: 1 - eps is 1 in half precision
+        maps = maps.float()
     image = torch.zeros_like(gt_index) if image_index is None else image_index
     zero = maps.sum() * 0.0
     empty = {"con": zero.detach(), "sep": zero.detach(), "con_pairs": torch.tensor(0), "sep_pairs": torch.tensor(0)}

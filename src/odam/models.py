@@ -51,7 +51,8 @@ BUILDERS: tuple[str, ...] = (
 WEIGHTS: tuple[str, ...] = ("default", "none")
 
 #: Detectors trained by odam and shipped inside the package (see docs/MODELS.md).
-BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn")
+BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn", "synthcrowd-fcos-odamtrain",
+                           "synthcrowd-fasterrcnn-odamtrain")
 
 _PREFIX = "torchvision:"
 _ODAM = "odam:"

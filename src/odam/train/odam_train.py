@@ -211,10 +211,9 @@ class OdamTrainer:
         with torch.no_grad():
             boxes = rh.box_coder.decode(box_regression[pos].detach(), [proposals[pos]])
             boxes = boxes[torch.arange(len(pos), device=pos.device), labels[pos]]
-            gts = torch.cat([t["boxes"] for t in s["targets"]])
-            base = torch.tensor([0, *torch.tensor([len(t["boxes"]) for t in s["targets"]]).cumsum(0).tolist()[:-1]],
-                                device=pos.device)
-            ious = _paired_iou(boxes, gts[base[image[pos]] + matched[pos]])
+            gts = [t["boxes"] for t in s["targets"]]
+            first = torch.tensor([0, *[len(g) for g in gts]], device=pos.device).cumsum(0)[:-1]  # per image
+            ious = _paired_iou(boxes, torch.cat(gts)[first[image[pos]] + matched[pos]])
         sub = torch.cat([part[self._select(matched[pos[part]], ious[part])]
                          for part in (torch.where(image[pos] == b)[0] for b in range(len(counts)))])
         keep = pos[sub]
