@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import odam
 from odam.cli import main
 from odam.data.synthcrowd import render_scene
 from odam.models import bundled_path, load_checkpoint
-from odam.train.odam_train import OdamTrainer, _paste
+from odam.train.odam_train import OdamTrainer, _paste, _to_grid
 
 
 def _scene(index, size=160):
@@ -61,6 +62,25 @@ def _frozen_norm_head(head, feature):
     return head.classification_head.cls_logits(outs[0]), head.regression_head.bbox_ctrness(outs[1])
 
 
+def _place(level_map, ratio, size):
+    """An independent placement: sample the coarse map at the centre pixel of every finest-level cell."""
+    h, w = level_map.shape[-2:]
+    ys = (torch.arange(size[0], dtype=level_map.dtype) + 0.5) / ratio  # in coarse cells
+    xs = (torch.arange(size[1], dtype=level_map.dtype) + 0.5) / ratio
+    grid = torch.stack(torch.meshgrid(2 * xs / w - 1, 2 * ys / h - 1, indexing="xy"), -1)[None]
+    return F.grid_sample(level_map[None, None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[0, 0]
+
+
+def test_coarse_levels_are_placed_by_their_stride_not_stretched():
+    torch.manual_seed(0)
+    for h, w, ratio, size in ((3, 3, 16, (40, 40)), (5, 6, 8, (36, 44)), (10, 11, 2, (20, 22)), (4, 4, 1, (4, 4))):
+        coarse = torch.rand(2, h, w)
+        got = _to_grid(coarse, size)
+        for k in range(2):
+            assert torch.allclose(got[k], _place(coarse[k], ratio, size), atol=1e-6)
+
+
 def _positions(trainer):
     seen = trainer._seen
     sizes = [f.shape[-2] * f.shape[-1] for f in seen["features"]]
@@ -89,9 +109,7 @@ def test_fcos_windows_equal_the_whole_level_head_with_frozen_groupnorm_statistic
         y, x = divmod(int(cell), w)
         score = torch.sqrt(torch.sigmoid(logits[b, label, y, x]) * torch.sigmoid(ctr[b, 0, y, x]))
         g = torch.autograd.grad(score, feature, retain_graph=True)[0][b]
-        expected = F.relu((g * feature[b]).sum(0))
-        if level:
-            expected = F.interpolate(expected[None, None], size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
+        expected = _place(F.relu((g * feature[b]).sum(0)), 2 ** level, (h0, w0))
         expected = expected.detach()
         assert torch.allclose(got.maps[n].detach(), expected, atol=1e-6 * float(expected.abs().max()) + 1e-12)
 
@@ -110,9 +128,7 @@ def test_fcos_maps_stay_close_to_exact_autograd_on_the_trained_model():
         if n % 5:
             continue
         g = torch.autograd.grad(_fcos_score(out, b, i, label), features[level], retain_graph=True)[0][b]
-        exact = F.relu((g * features[level][b]).sum(0))
-        if level:
-            exact = F.interpolate(exact[None, None], size=(h0, w0), mode="bilinear", align_corners=False)[0, 0]
+        exact = _place(F.relu((g * features[level][b]).sum(0)), 2 ** level, (h0, w0))
         cosines.append(F.cosine_similarity(got.maps[n].flatten(), exact.flatten(), dim=0).detach().item())
     assert len(cosines) > 10
     assert np.median(cosines) > 0.98 and min(cosines) > 0.8  # docs/PERFORMANCE.md reports the full distribution
@@ -149,6 +165,11 @@ def test_paste_fills_the_box_cells_and_nothing_else():
     outside = torch.ones(8, 8, dtype=torch.bool)
     outside[1:5, 2:6] = False
     assert torch.all(pasted[outside] == 0)
+    # a 56-pixel box on a stride-8 grid puts bin (i, j) exactly on cell (i, j): no flip, no transpose
+    ramp = torch.arange(49.0).view(1, 7, 7)
+    pasted = _paste(ramp, torch.tensor([[0.0, 0.0, 56.0, 56.0]]), (9, 8), 8.0)[0]
+    assert torch.allclose(pasted[:7, :7], ramp[0], atol=1e-5)
+    assert torch.all(pasted[7:] == 0) and torch.all(pasted[:, 7] == 0)
 
 
 @pytest.mark.parametrize("arch", ["fcos", "fasterrcnn"])
@@ -185,6 +206,17 @@ def test_the_model_is_left_as_it_was_after_success_and_after_an_error(arch, batc
     mine.remove()
 
 
+def test_max_positives_below_the_object_count_keeps_only_bests(batch):
+    model = _model("fcos")
+    every = _captured(model, batch)[0].positives()
+    some = _captured(model, batch, max_positives=2)[0].positives()
+    for b in range(2):
+        mine = some.image_index == b
+        assert int(mine.sum()) == 2 and len(torch.unique(some.gt_index[mine])) == 2
+        for g, iou in zip(some.gt_index[mine], some.ious[mine], strict=True):
+            assert iou == every.ious[(every.image_index == b) & (every.gt_index == g)].max()
+
+
 def test_max_positives_keeps_each_objects_best_first(batch):
     model = _model("fcos")
     every = _captured(model, batch)[0].positives()
@@ -198,6 +230,33 @@ def test_max_positives_keeps_each_objects_best_first(batch):
         for g in torch.unique(every.gt_index[every.image_index == b]):
             best = every.ious[(every.image_index == b) & (every.gt_index == g)].max()
             assert some.ious[mine & (some.gt_index == g)].max() == best
+
+
+@pytest.mark.parametrize("arch", ["fcos", "fasterrcnn"])
+@pytest.mark.parametrize("negatives", ["all", "overlapping"])
+def test_images_without_objects_and_batches_without_positives(arch, negatives, batch):
+    model = _model(arch)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    for images, targets in (([batch[0][0], batch[0][1]], [empty, batch[1][1]]), ([batch[0][0]], [empty])):
+        trainer, losses = _captured(model, (images, targets), negatives=negatives)
+        positives = trainer.positives()
+        assert not bool((positives.image_index == 0).any())  # nothing from the empty image
+        loss, _ = trainer.loss()
+        assert torch.isfinite(loss)
+        (sum(losses.values()) + loss).backward()
+        model.zero_grad()
+
+
+def test_only_the_last_forward_pass_of_a_capture_counts(batch):
+    model = _model("fcos")
+    other = ([torch.rand(3, 96, 128)], [{"boxes": torch.tensor([[10.0, 10, 60, 90]]), "labels": torch.tensor([1])}])
+    once = _captured(model, batch)[0].positives()
+    trainer = OdamTrainer(model)
+    with trainer.capture():
+        model(*other)
+        model(*batch)
+    twice = trainer.positives()
+    assert torch.allclose(twice.maps, once.maps, atol=1e-6) and torch.equal(twice.gt_index, once.gt_index)
 
 
 def test_a_short_overfit_lowers_the_auxiliary_loss():
@@ -225,6 +284,9 @@ def test_unsupported_models_and_settings_are_refused(tmp_path, capsys):
         OdamTrainer(_model("fcos"), max_positives=0)
     with pytest.raises(RuntimeError, match="no training forward pass was captured"):
         OdamTrainer(_model("fcos")).loss()
+    v2 = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=2)
+    with pytest.raises(ValueError, match="box head that treats RoIs independently"):
+        OdamTrainer(v2)
     code = main(["train", "--model", "retinanet", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--odam-train"])
     err = capsys.readouterr().err

@@ -175,7 +175,7 @@ def _evaluate_parser(sub: Any) -> None:
     c = CorrelationConfig(data="", model="")
     co = ev_sub.add_parser(
         "correlation", help="heat-map correlation of predictions on the same vs different objects (Fig. 4)",
-        description="Explain every prediction before NMS scoring at least --score-threshold with ODAM, and compare "
+        description="Explain every prediction before NMS scoring above --score-threshold with ODAM, and compare "
                     "the maps of pairs on the same object with pairs on different objects whose boxes overlap "
                     "(IoU > --overlap-iou). Writes OUT/<model>/images.jsonl and summary.{json,md}; rerunning the "
                     "same command resumes.")
@@ -184,7 +184,7 @@ def _evaluate_parser(sub: Any) -> None:
     co.add_argument("--max-images", type=int, default=c.max_images, metavar="N",
                     help=f"the first N images (default {c.max_images})")
     co.add_argument("--score-threshold", type=float, default=c.score_threshold, metavar="S",
-                    help=f"explain predictions scoring at least S (default {c.score_threshold}, as Fig. 4)")
+                    help=f"explain predictions scoring above S (default {c.score_threshold}, as Fig. 4)")
     co.add_argument("--overlap-iou", type=float, default=c.overlap_iou, metavar="T",
                     help=f"different objects count when their boxes have IoU > T (default {c.overlap_iou})")
     co.add_argument("--out", required=True, type=Path, help="output directory; an existing run there is resumed")
@@ -313,6 +313,9 @@ def _evaluate_correlation(args: argparse.Namespace) -> int:
 
     if not Path(args.data).exists():
         raise ValueError(f"no dataset at {args.data}")
+    names = [Path(spec).name for spec in args.model]
+    if len(set(names)) < len(names):
+        raise ValueError(f"models need distinct names, for OUT/<name>: got {', '.join(names)}")
     device = _device(args.device)
     summaries = []
     for spec in args.model:

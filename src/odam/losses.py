@@ -9,10 +9,10 @@ object ``gt_index[n]`` it was assigned to, and its box's IoU with that object:
 * ``L_sep = sum_p sum_{m not in P(p)}          -log (1 - cos(H_b(p), H_m))``, with ``m`` from the same image;
 * the loss is ``weight * (L_con + L_sep) / N`` with ``N`` the number of (best, other) pairs summed.
 
-Cosines are clamped to ``[eps, 1 - eps]`` (half-precision maps are computed in float32), so a pair of orthogonal maps of one object (or identical maps of two)
-costs ``-log eps`` and passes no gradient. The pair of the best prediction with itself is not counted: its cosine
-is 1 by definition. ``negatives="overlapping"`` keeps in ``L_sep`` only the predictions whose box overlaps the
-best one's (IoU > 0); the paper's Eq. 3 uses ``"all"``.
+Cosines are clamped to ``[eps, 1 - eps]`` (half-precision maps are computed in float32), so a pair of
+orthogonal maps of one object (or identical maps of two) costs ``-log eps`` and passes no gradient. The pair of
+the best prediction with itself is not counted: its cosine is 1 by definition. ``negatives="overlapping"`` keeps
+in ``L_sep`` only the predictions whose box overlaps the best one's (IoU > 0); the paper's Eq. 3 uses ``"all"``.
 
 The maps themselves, inside a detector's training step, are built by :mod:`odam.train.odam_train`.
 """

@@ -1,7 +1,7 @@
 """Heat-map correlation between predictions (paper Fig. 4): do two predictions' ODAM maps say they look at the
 same object?
 
-For each image, the detector's predictions *before* NMS that score at least ``score_threshold`` are explained by
+For each image, the detector's predictions *before* NMS that score above ``score_threshold`` are explained by
 ODAM (score target, default settings). Each is assigned to the ground-truth object it overlaps most, if that IoU
 is at least ``assign_iou`` (ignored objects never take predictions). Two kinds of pairs are then compared:
 
@@ -11,8 +11,10 @@ is at least ``assign_iou`` (ignored objects never take predictions). Two kinds o
 
 Maps are block-averaged to a short edge of ``short_edge`` cells (as Odam-NMS compares them) and compared by
 Pearson correlation (the normalised correlation: cosine of the mean-centred maps) and by plain cosine (what
-Odam-Train's loss uses). A model that discriminates objects well has a high same-object correlation, a low
-different-object one, and a wide gap between them.
+Odam-Train's loss uses). A constant map (e.g. all zero) has no Pearson correlation and its pairs are left out
+of the Pearson means; for the cosine an all-zero map counts as 0. The pair counts reported are the cosine's.
+A model that discriminates objects well has a high same-object correlation, a low different-object one, and a
+wide gap between them.
 
 Per-image sums are written to ``images.jsonl`` as they are computed, so a rerun resumes.
 """
@@ -125,8 +127,9 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
     mine = asdict(config)
     if settings.exists():
         before = json.loads(settings.read_text(encoding="utf-8"))
+        defaults = asdict(CorrelationConfig(data="", model=""))  # for settings added since
         for key, value in mine.items():
-            if before.get(key) != value:
+            if before.get(key, defaults[key]) != value:
                 raise ValueError(f"{out} holds a run with {key}={before.get(key)!r}, not {value!r}; "
                                  "use another --out")
     else:

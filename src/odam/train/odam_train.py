@@ -28,6 +28,7 @@ implementation does. ``second_order=True`` differentiates through the weights to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,12 +100,16 @@ class OdamTrainer:
         self._seen: dict[str, Any] = {}
         if isinstance(model, FCOS):
             self.radius = _fcos_radius(model)
+        elif any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.roi_heads.box_head.modules()):
+            raise ValueError("Odam-Train needs a box head that treats RoIs independently; this one has batch norm, "
+                             "which couples them in training (e.g. fasterrcnn_resnet50_fpn_v2)")
 
     # ------------------------------------------------------------------------------------------- capture
 
     @contextmanager
     def capture(self) -> Iterator[None]:
-        """Instrument the model for the training forward passes inside the block; everything is removed after."""
+        """Instrument the model for its training forward passes inside the block (the last one counts);
+        everything is removed after, also on an error."""
         self._seen = {}
         handles, patches = [], []
         m = self.model
@@ -113,7 +118,6 @@ class OdamTrainer:
             if isinstance(m, FCOS):
                 handles.append(m.head.register_forward_hook(self._on_head))
                 patches.append(_patch(m.head, "compute_loss", self._wrap_fcos_loss(m.head.compute_loss)))
-                self._seen["norm"] = {}
                 for branch in (m.head.classification_head, m.head.regression_head):
                     for layer in branch.conv:
                         if isinstance(layer, nn.GroupNorm):
@@ -132,13 +136,14 @@ class OdamTrainer:
                 undo()
 
     def _on_backbone(self, module: nn.Module, args: tuple) -> None:
-        self._seen["padded"] = tuple(args[0].shape[-2:])
+        # A new forward pass: forget the previous one's statistics and outputs.
+        self._seen = {"padded": tuple(args[0].shape[-2:]), "norm": {}}
 
     def _on_head(self, module: nn.Module, args: tuple, output: dict[str, Tensor]) -> None:
         self._seen["features"], self._seen["head"] = list(args[0]), output
 
     def _on_norm(self, module: nn.GroupNorm, args: tuple) -> None:
-        x = args[0].detach()
+        x = args[0].detach().float()
         b = x.shape[0]
         flat = x.reshape(b, module.num_groups, -1)
         var, mean = torch.var_mean(flat, dim=2, unbiased=False)
@@ -168,6 +173,7 @@ class OdamTrainer:
     def loss(self) -> tuple[Tensor, dict[str, Tensor]]:
         """The weighted auxiliary loss of the last captured pass, and its stats (see ``odam_train_loss``)."""
         p = self.positives()
+        self._seen = {}  # do not keep the batch's activations alive after the step
         return odam_train_loss(p.maps.flatten(1), p.gt_index, p.ious, boxes=p.boxes, image_index=p.image_index,
                                negatives=self.negatives, weight=self.weight)
 
@@ -210,7 +216,7 @@ class OdamTrainer:
         pos = torch.where(labels > 0)[0]
         with torch.no_grad():
             boxes = rh.box_coder.decode(box_regression[pos].detach(), [proposals[pos]])
-            boxes = boxes[torch.arange(len(pos), device=pos.device), labels[pos]]
+            boxes = boxes[torch.arange(len(pos), device=pos.device), labels[pos]].reshape(-1, 4)
             gts = [t["boxes"] for t in s["targets"]]
             first = torch.tensor([0, *[len(g) for g in gts]], device=pos.device).cumsum(0)[:-1]  # per image
             ious = _paired_iou(boxes, torch.cat(gts)[first[image[pos]] + matched[pos]])
@@ -247,8 +253,8 @@ class OdamTrainer:
         image, idx, gt, ious, boxes, labels = (torch.cat(t) for t in zip(*picked, strict=True))
         level = torch.searchsorted(starts, idx, right=True) - 1
         h0, w0 = features[0].shape[-2:]
-        maps = features[0].new_zeros(len(idx), h0, w0)
-        scores = features[0].new_zeros(len(idx))
+        maps = features[0].new_zeros(len(idx), h0, w0, dtype=torch.float32)
+        scores = features[0].new_zeros(len(idx), dtype=torch.float32)
         for li, feature in enumerate(features):
             sel = torch.where(level == li)[0]
             if len(sel) == 0:
@@ -256,9 +262,7 @@ class OdamTrainer:
             h, w = feature.shape[-2:]
             cell = idx[sel] - starts[li]
             level_maps, score = self._fcos_level(feature, li, image[sel], cell // w, cell % w, labels[sel])
-            if (h, w) != (h0, w0):
-                level_maps = F.interpolate(level_maps[:, None], size=(h0, w0), mode="bilinear",
-                                           align_corners=False)[:, 0]
+            level_maps = _to_grid(level_maps, (h0, w0))
             maps = maps.index_put((sel,), level_maps)
             scores[sel] = score.detach()
         return Positives(maps, gt, ious, boxes, image, scores)
@@ -275,11 +279,12 @@ class OdamTrainer:
         rows, cols = (ys[:, None] + offsets)[:, :, None], (xs[:, None] + offsets)[:, None, :]
         windows = padded.permute(0, 2, 3, 1)[image[:, None, None], rows, cols].permute(0, 3, 1, 2)  # [n, C, k, k]
         mask = inside[0, 0][rows, cols][:, None]  # [n, 1, k, k]
-        with torch.enable_grad():
+        windows = windows.float()
+        with torch.enable_grad(), torch.autocast(feature.device.type, enabled=False):
             cls_feat, cls_mask = self._tower(head.classification_head.conv, windows, mask, level, image)
             box_feat, box_mask = self._tower(head.regression_head.conv, windows, mask, level, image)
-            logits = _valid(head.classification_head.cls_logits, cls_feat * cls_mask)[:, :, 0, 0]
-            ctr = _valid(head.regression_head.bbox_ctrness, box_feat * box_mask)[:, 0, 0, 0]
+            logits = _centre(_valid(head.classification_head.cls_logits, cls_feat * cls_mask))
+            ctr = _centre(_valid(head.regression_head.bbox_ctrness, box_feat * box_mask))[:, 0]
             score = torch.sqrt(torch.sigmoid(logits.gather(1, labels[:, None])[:, 0]) * torch.sigmoid(ctr))
             grads = torch.autograd.grad(score.sum(), windows, create_graph=self.second_order)[0]
         local = F.relu((grads * windows).sum(1))  # [n, k, k]
@@ -301,7 +306,9 @@ class OdamTrainer:
                 n, c = x.shape[:2]
                 g = layer.num_groups
                 y = (x.reshape(n, g, -1) - mean[image][:, :, None]) * rstd[image][:, :, None]
-                x = y.reshape(x.shape) * layer.weight.view(1, c, 1, 1) + layer.bias.view(1, c, 1, 1)
+                x = y.reshape(x.shape)
+                if layer.affine:
+                    x = x * layer.weight.view(1, c, 1, 1) + layer.bias.view(1, c, 1, 1)
             else:
                 x = layer(x)
         return x, mask
@@ -336,7 +343,29 @@ def _conv_reach(conv: nn.Conv2d) -> int:
 
 
 def _valid(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    return F.conv2d(x, conv.weight, conv.bias, stride=1, padding=0)
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    return F.conv2d(x, conv.weight.to(x.dtype), bias, stride=1, padding=0)
+
+
+def _centre(x: Tensor) -> Tensor:
+    """The centre cell of ``Tensor[n, c, h, w]`` (1x1 when both branches reach equally far)."""
+    return x[:, :, x.shape[-2] // 2, x.shape[-1] // 2]
+
+
+def _to_grid(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Maps on a coarser FPN level (``Tensor[N, h, w]``) resampled onto the finest level's ``size`` grid.
+
+    Cell ``j`` of a level with stride ``s`` is centred on pixel ``(j + 0.5) * s``. A coarse level can cover
+    more than the finest one (its cell counts are rounded up), so it is upsampled by the exact stride ratio
+    (a power of two) and cropped, not stretched to ``size``.
+    """
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return maps
+    ratio = 2 ** round(math.log2(size[0] / h))
+    up = F.interpolate(maps[:, None], scale_factor=ratio, mode="bilinear", align_corners=False)[:, 0]
+    up = F.pad(up, (0, max(0, size[1] - up.shape[-1]), 0, max(0, size[0] - up.shape[-2])))
+    return up[:, : size[0], : size[1]]
 
 
 def _paired_iou(a: Tensor, b: Tensor) -> Tensor:
