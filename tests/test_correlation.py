@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import odam
 from odam.cli import main
 from odam.data.synthcrowd import generate
 from odam.evaluation.correlation import CorrelationConfig, correlations, pairs, run, summarize
@@ -62,6 +63,12 @@ def test_run_writes_per_image_rows_resumes_and_refuses_other_settings(tmp_path, 
     config = CorrelationConfig(data=str(data), model="synthcrowd-fasterrcnn", max_images=2, max_predictions=40)
     first = run(config, out, progress=False)
     assert first["images"] == 2 and first["same_pairs"] > 0
+    # the explained predictions are taken before NMS: more of them than the detector returns
+    from odam.data.io import read_dataset
+
+    detector = odam.load_detector("synthcrowd-fasterrcnn")
+    after_nms = np.mean([len(detector.detect(odam.load_image(r.file))) for r in read_dataset(data).images[:2]])
+    assert first["predictions_per_image"] > after_nms
     lines = (out / "images.jsonl").read_text().splitlines()
     (out / "images.jsonl").write_text(lines[0] + "\n" + lines[1][:10])  # a kill in the middle of the 2nd row
     again = run(config, out, progress=False)
