@@ -211,15 +211,10 @@ def _shrink(maps: Tensor, short_edge: int) -> Tensor:
 
 def _read(path: Path) -> dict[int, dict]:
     """Rows by image id; a line cut short by a kill is dropped (and cut from the file)."""
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
+    from odam.evaluation.explanations import complete_lines
+
     rows = {}
-    for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(complete_lines(path), 1):
         try:
             row = json.loads(line)
             rows.setdefault(int(row["image_id"]), row)

@@ -346,6 +346,19 @@ def _num(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a JSON-lines journal; a last line cut short by a killed process is cut from the file too,
+    so that the next append starts on a fresh line. A missing file has no lines."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    return raw.decode("utf-8").splitlines()
+
+
 class _Journal:
     """An append-only JSON-lines file of records keyed by (image id, annotation id, method).
 
@@ -356,14 +369,7 @@ class _Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.keys: set[tuple[int, int, str]] = set()
-        if not path.exists():
-            return
-        raw = path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            raw = raw[: raw.rfind(b"\n") + 1]
-            with open(path, "r+b") as f:
-                f.truncate(len(raw))
-        for n, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        for n, line in enumerate(complete_lines(path), 1):
             try:
                 row = json.loads(line)
                 self.keys.add((int(row["image_id"]), int(row["ann_id"]), str(row["method"])))
