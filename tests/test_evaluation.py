@@ -209,3 +209,36 @@ def test_compare_puts_one_methods_rows_of_several_runs_side_by_side(tmp_path, ca
     capsys.readouterr()
     assert cli(["evaluate", "compare", str(tmp_path / "a"), "--method", "gradcam"]) == 2
     assert "has no 'gradcam' results (it measured odam)" in capsys.readouterr().err
+
+
+def test_compare_oracle_is_the_share_of_the_visible_mask_inside_other_boxes(tmp_path):
+    import warnings
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from odam.data.io import read_dataset
+    from odam.data.synthcrowd import generate
+    from odam.evaluation.report import oracle_odi
+
+    generate(tmp_path / "data", 2, seed=3, size=128, progress=False)
+    records = read_dataset(tmp_path / "data").images
+    run = tmp_path / "run"
+    run.mkdir()
+    rows, expected = [], []
+    for order, (record, k) in enumerate([(records[0], 0), (records[0], 2), (records[1], 1)]):
+        rows.append({"order": order, "image_id": int(record.id), "ann_id": int(record.ann_ids[k]), "method": "odam"})
+        with warnings.catch_warnings():  # pycocotools' decode under numpy 2
+            warnings.simplefilter("ignore", DeprecationWarning)
+            own = mask_utils.decode(record.masks[k]).astype(bool)
+        ys, xs = np.nonzero(own)
+        inside_other = np.zeros_like(own)
+        for j, (x1, y1, x2, y2) in enumerate(np.clip(record.boxes, 0, 128)):
+            if j != k:
+                inside_other[int(np.ceil(y1 - 0.5)):int(np.floor(y2 - 0.5)) + 1,
+                             int(np.ceil(x1 - 0.5)):int(np.floor(x2 - 0.5)) + 1] = True
+        expected.append(inside_other[ys, xs].mean())
+    (run / "objects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = oracle_odi(run, "odam", str(tmp_path / "data"))
+    assert got["objects"] == 3 and got["odi_mask"] == 0.0
+    assert got["odi_box"] == pytest.approx(100 * np.mean(expected), abs=1e-9)

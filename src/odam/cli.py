@@ -199,6 +199,9 @@ def _evaluate_parser(sub: Any) -> None:
                                         "table row per run for --method.")
     cmp.add_argument("runs", nargs="+", type=Path, metavar="RUN")
     cmp.add_argument("--method", default="odam", help="(default odam)")
+    cmp.add_argument("--oracle", action="store_true",
+                     help="add, per run, the ODI of a map that is each object's own visible mask (the floor a map "
+                          "covering the visible object can reach)")
     cmp.add_argument("--write", type=Path, default=None, metavar="FILE",
                      help="also replace the block named --key in this Markdown file")
     cmp.add_argument("--key", default="compare", help="the block's name in --write (default compare)")
@@ -299,8 +302,9 @@ def _evaluate_compare(args: argparse.Namespace) -> int:
     from odam.data.stats import write_block
     from odam.evaluation.report import compare
 
-    text = f"`odam evaluate compare {' '.join(map(str, args.runs))} --method {args.method}`\n\n" + compare(
-        args.runs, args.method)
+    flags = f"--method {args.method}" + (" --oracle" if args.oracle else "")
+    text = f"`odam evaluate compare {' '.join(map(str, args.runs))} {flags}`\n\n" + compare(
+        args.runs, args.method, args.oracle)
     print(text)
     if args.write is not None:
         write_block(args.write, args.key, text)
