@@ -1,0 +1,278 @@
+"""Non-maximum suppression for crowds: Odam-NMS (paper Sec. 3.3, Algorithm 1) and its baselines.
+
+All functions take boxes ``Tensor[N, 4]`` ``(x1, y1, x2, y2)`` and scores ``Tensor[N]`` and return the indices
+of the kept boxes as ``Tensor[K]`` int64 on the caller's device, sorted by (final) score, like
+``torchvision.ops.nms``. Candidates are visited in descending score order; equal scores are visited in index
+order. Every method except Soft-NMS is *greedy*: a candidate is dropped when it is a duplicate of a box kept
+before it, and kept otherwise. Only what makes two boxes duplicates differs:
+
+* :func:`nms`: IoU > ``iou_threshold`` (torchvision's rule).
+* :func:`odam_nms`: IoU >= ``iou_threshold`` and corr > ``low``, or IoU < ``iou_threshold`` and corr >
+  ``high`` (Algorithm 1), where corr is the normalised correlation of the two boxes' ODAM heat maps.
+* :func:`feature_nms` (Salscheider 2021): IoU > ``high``, or ``low`` <= IoU <= ``high`` and the distance between
+  the two boxes' learned embeddings is at most ``distance``.
+
+The greedy pass builds the pairwise IoU (and correlation or distance) rows in blocks, on the caller's device,
+only for candidates still alive when their block comes up, so each matrix entry is computed at most once and
+the suppressed candidates' rows never are. The ``batched_*`` variants never let boxes of different classes
+suppress each other.
+
+**The correlation** (:func:`correlation`) is Pearson's: the cosine of the mean-centred heat-map vectors. The
+paper calls it "normalized correlation". Centring matters here: ODAM maps are non-negative, so the plain cosine
+of two maps of neighbouring people is pulled up by their shared support and background level. On SynthCrowd the
+centred version separates same-object from different-object pairs by a wider gap (docs/RESULTS.md,
+"Heat-map correlation"). A constant map has no correlation; it counts as 0 (no evidence either way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import box_iou
+from torchvision.ops import nms as _torchvision_nms
+
+#: Short edge, in cells, to which heat maps are averaged before they are compared (paper Sec. 3.3).
+SHORT_EDGE = 50
+_BLOCK = 256
+SOFT_METHODS = ("gaussian", "linear")
+
+
+def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:
+    """Heat maps ``Tensor[N, H, W]`` block-averaged to a short edge of ``short_edge`` cells and flattened:
+    ``Tensor[N, h * w]``, what :func:`odam_nms` compares.
+
+    Example:
+        >>> heatmap_vectors(torch.rand(3, 100, 150)).shape
+        torch.Size([3, 3750])
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"expected maps of shape [N, H, W], got {tuple(maps.shape)}")
+    if isinstance(short_edge, bool) or not isinstance(short_edge, int) or short_edge < 1:
+        raise ValueError(f"short_edge must be a positive int, got {short_edge!r}")
+    h, w = maps.shape[-2:]
+    scale = short_edge / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.adaptive_avg_pool2d(maps[:, None].float(), size).flatten(1)
+
+
+def correlation(vectors: Tensor) -> Tensor:
+    """Pairwise normalised (Pearson) correlation ``Tensor[N, N]`` of heat-map vectors ``Tensor[N, D]``.
+
+    A constant vector correlates 0 with everything, itself included.
+
+    Example:
+        >>> correlation(torch.tensor([[1.0, 0, 0, 1], [3.0, 1, 1, 3], [0.0, 1, 1, 0], [2.0, 2, 2, 2]])).tolist()
+        [[1.0, 1.0, -1.0, 0.0], [1.0, 1.0, -1.0, 0.0], [-1.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    unit = _unit(vectors)
+    return (unit @ unit.T).clamp(-1, 1)
+
+
+def _unit(vectors: Tensor) -> Tensor:
+    x = vectors.float()
+    centred = x - x.mean(1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)
+    flat = norm <= 1e-6 * x.abs().amax(1, keepdim=True).clamp_min(1e-30)  # constant up to rounding
+    return torch.where(flat, torch.zeros_like(centred), centred / norm.clamp_min(1e-30))
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """Classical NMS: drop a box whose IoU with a kept, higher-scoring box is > ``iou_threshold``.
+
+    ``torchvision.ops.nms``, with the visiting order of this module (ties in index order).
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10]])
+        >>> nms(boxes, torch.tensor([0.9, 0.8, 0.7])).tolist()
+        [0, 2]
+    """
+    _check(boxes, scores)
+    order = _order(scores)
+    keep = _torchvision_nms(boxes[order].float(), torch.arange(len(order), 0, -1, device=boxes.device).float(),
+                            iou_threshold)
+    return order[keep]
+
+
+def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: float = 0.5, low: float = 0.2,
+             high: float = 0.8) -> Tensor:
+    """Odam-NMS (Algorithm 1): suppress by box IoU *and* heat-map correlation.
+
+    A candidate is a duplicate of a kept box when IoU >= ``iou_threshold`` and corr > ``low`` (overlapping and
+    looking at the same thing), or when IoU < ``iou_threshold`` and corr > ``high`` (apart, but explained by the
+    same object). ``low=0, high=1`` is classical NMS (with IoU >= rather than >), except that overlapping boxes
+    whose maps do not correlate positively are both kept.
+
+    Args:
+        boxes: ``Tensor[N, 4]``.
+        scores: ``Tensor[N]``.
+        vectors: ``Tensor[N, D]``, each box's ODAM score map made by :func:`heatmap_vectors`.
+        iou_threshold: ``T_iou``.
+        low, high: ``T^l`` and ``T^h``; the paper's defaults.
+
+    Returns:
+        ``Tensor[K]`` int64: the kept indices, by descending score.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 10, 20], [2, 0, 12, 20], [0, 0, 10, 20], [40, 0, 50, 20]])
+        >>> maps = torch.zeros(4, 4, 8)
+        >>> maps[0, :, 0:2] = 1; maps[1, :, 2:4] = 1; maps[2, :, 0:2] = 1; maps[3, :, 2:4] = 1
+        >>> # 1 overlaps 0 but looks elsewhere: kept; 2 repeats 0; 3 is far away but looks where 1 does
+        >>> odam_nms(boxes, torch.tensor([0.9, 0.8, 0.7, 0.6]), maps.flatten(1)).tolist()
+        [0, 1]
+    """
+    return _odam(boxes, scores, vectors, None, iou_threshold, low, high)
+
+
+def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor, iou_threshold: float = 0.5,
+                     low: float = 0.2, high: float = 0.8) -> Tensor:
+    """:func:`odam_nms` within each class ``idxs`` (``Tensor[N]`` int64); boxes of different classes never
+    suppress each other.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]])
+        >>> batched_odam_nms(boxes, torch.tensor([0.9, 0.8]), torch.eye(2), torch.tensor([0, 1]), high=-1).tolist()
+        [0, 1]
+    """
+    _check(boxes, scores, idxs)
+    return _odam(boxes, scores, vectors, idxs, iou_threshold, low, high)
+
+
+def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, iou_threshold: float, low: float,
+          high: float) -> Tensor:
+    _check(boxes, scores)
+    if vectors.ndim != 2 or len(vectors) != len(boxes):
+        raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
+    unit = _unit(vectors.to(boxes.device))
+    b = boxes.float()
+
+    def duplicate(rows: Tensor, cols: Tensor) -> Tensor:
+        iou = box_iou(b[rows], b[cols])
+        corr = unit[rows] @ unit[cols].T
+        dup = torch.where(iou >= iou_threshold, corr > low, corr > high)
+        return dup if idxs is None else dup & (idxs[rows][:, None] == idxs[cols][None])
+
+    return _greedy(_order(scores), duplicate)
+
+
+def feature_nms(boxes: Tensor, scores: Tensor, embeddings: Tensor, low: float = 0.1, high: float = 0.9,
+                distance: float = 1.0) -> Tensor:
+    """FeatureNMS (Salscheider 2021): suppress by IoU, and by learned embeddings where IoU is ambiguous.
+
+    A candidate is a duplicate of a kept box when their IoU is > ``high``, or when it is in
+    ``[low, high]`` and the Euclidean distance between their embeddings is <= ``distance``. Below ``low`` they
+    are distinct.
+
+    Args:
+        boxes: ``Tensor[N, 4]``.
+        scores: ``Tensor[N]``.
+        embeddings: ``Tensor[N, E]``, e.g. the L2-normalised 32-d output of an embedding head
+            (``odam train --feature-embedding``).
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 10, 20], [3, 0, 13, 20], [1, 0, 11, 20]])
+        >>> emb = torch.tensor([[1.0, 0], [0, 1], [1, 0]])
+        >>> feature_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), emb).tolist()  # 1 is apart in embedding space
+        [0, 1]
+    """
+    _check(boxes, scores)
+    if embeddings.ndim != 2 or len(embeddings) != len(boxes):
+        raise ValueError(f"expected embeddings of shape [{len(boxes)}, E], got {tuple(embeddings.shape)}")
+    e = embeddings.to(boxes.device).float()
+    b = boxes.float()
+
+    def duplicate(rows: Tensor, cols: Tensor) -> Tensor:
+        iou = box_iou(b[rows], b[cols])
+        near = torch.cdist(e[rows], e[cols]) <= distance
+        return (iou > high) | ((iou >= low) & near)
+
+    return _greedy(_order(scores), duplicate)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold: float = 0.05,
+             method: str = "gaussian", iou_threshold: float = 0.3) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al. 2017): instead of dropping overlapping boxes, decay their scores.
+
+    Repeatedly take the highest-scoring remaining box (the first on ties), keep it, and multiply every other
+    remaining box's score by ``exp(-IoU^2 / sigma)`` (``"gaussian"``) or, where IoU > ``iou_threshold``, by
+    ``1 - IoU`` (``"linear"``). Boxes whose score falls below ``score_threshold`` are dropped.
+
+    Returns:
+        ``(keep, decayed)``: the kept indices (``Tensor[K]`` int64) by descending decayed score, and their
+        decayed scores (``Tensor[K]``). Use the decayed scores as the detections' scores: ranking by them is
+        the point of the method.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [20, 0, 30, 10]])
+        >>> keep, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.3]))
+        >>> keep.tolist(), [round(s, 4) for s in decayed.tolist()]
+        ([0, 1, 2], [0.9, 0.4852, 0.3])
+    """
+    _check(boxes, scores)
+    if method not in SOFT_METHODS:
+        raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    b = boxes.float()
+    current = scores.float().clone()
+    alive = current >= score_threshold
+    keep, decayed = [], []
+    while bool(alive.any()):
+        masked = torch.where(alive, current, torch.full_like(current, -float("inf")))
+        i = int(torch.argmax(masked))  # the first maximum
+        keep.append(i)
+        decayed.append(current[i])
+        alive[i] = False
+        iou = box_iou(b[i:i + 1], b)[0]
+        if method == "gaussian":
+            weight = torch.exp(-(iou * iou) / sigma)
+        else:
+            weight = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        current = torch.where(alive, current * weight, current)
+        alive &= current >= score_threshold
+    index = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+    values = torch.stack(decayed).to(scores.dtype) if decayed else scores.new_zeros(0)
+    return index, values
+
+
+def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None = None) -> None:
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"expected boxes of shape [N, 4], got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(f"expected scores of shape [{len(boxes)}], got {tuple(scores.shape)}")
+    if idxs is not None and idxs.shape != boxes.shape[:1]:
+        raise ValueError(f"expected idxs of shape [{len(boxes)}], got {tuple(idxs.shape)}")
+
+
+def _order(scores: Tensor) -> Tensor:
+    """Indices by descending score, equal scores in index order."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int = _BLOCK) -> Tensor:
+    """Greedy suppression in ``order``; ``duplicate(rows, cols)`` is ``Tensor[R, C]`` bool for box indices.
+
+    Rows are evaluated in blocks of up to ``block`` candidates alive when the block starts, against every
+    candidate from the block's first one on; the sequential decisions then run on the host.
+    """
+    n = len(order)
+    alive = np.ones(n, dtype=bool)
+    kept: list[int] = []
+    start = 0
+    while start < n:
+        stop = min(start + block, n)
+        rows = np.flatnonzero(alive[start:stop]) + start
+        start = stop
+        if len(rows) == 0:
+            continue
+        base = int(rows[0])
+        dup = duplicate(order[torch.as_tensor(rows, device=order.device)], order[base:]).cpu().numpy()
+        for r, pos in enumerate(rows):
+            if not alive[pos]:
+                continue
+            kept.append(int(pos))
+            alive[pos + 1:] &= ~dup[r, pos + 1 - base:]
+    return order[torch.as_tensor(kept, dtype=torch.int64, device=order.device)]
