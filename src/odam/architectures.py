@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large, resnet
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -121,6 +122,7 @@ def build_detector(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
+    embedding_dim: int = 0,
 ) -> nn.Module:
     """Build an untrained torchvision detector, in eval mode.
 
@@ -134,6 +136,10 @@ def build_detector(
         score_thresh: detections scoring below are dropped.
         nms_thresh: IoU threshold of the final per-class NMS.
         detections_per_img: at most this many detections per image.
+        embedding_dim: if > 0, add FeatureNMS's embedding branch as ``model.embedding_head`` (an
+            :class:`EmbeddingHead`: a conv branch on each FPN level for FCOS and RetinaNet, a linear layer on the
+            box head's representation for Faster R-CNN). torchvision's forward ignores it; ``odam train
+            --feature-embedding`` trains it.
 
     Returns:
         ``FCOS``, ``RetinaNet`` or ``FasterRCNN``.
@@ -149,6 +155,8 @@ def build_detector(
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (classes + background), got {num_classes!r}")
+    if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 0:
+        raise ValueError(f"embedding_dim must be an integer >= 0, got {embedding_dim!r}")
     body = _backbone(backbone, arch, fpn_channels)
     common: dict[str, Any] = {"min_size": min_size, "max_size": max_size, "detections_per_img": detections_per_img}
     if arch == "fcos":
@@ -176,7 +184,39 @@ def build_detector(
             box_batch_size_per_image=256, box_score_thresh=score_thresh, box_nms_thresh=nms_thresh,
             box_detections_per_img=detections_per_img, min_size=min_size, max_size=max_size,
         )
+    if embedding_dim:
+        model.embedding_head = EmbeddingHead(hidden if arch == "fasterrcnn" else fpn_channels, embedding_dim,
+                                             spatial=arch != "fasterrcnn")
     return model.eval()
+
+
+class EmbeddingHead(nn.Module):
+    """FeatureNMS's embedding branch (Salscheider 2021): an L2-normalised ``dim``-d vector per prediction.
+
+    ``spatial=True``: two 3x3 convolutions (GroupNorm and ReLU between) on a feature map ``[B, C, h, w]``, giving
+    ``[B, dim, h, w]`` (one vector per location, as one-stage heads predict). ``spatial=False``: a linear layer
+    on a box head's representation ``[R, C]``, giving ``[R, dim]``.
+
+    Example:
+        >>> import torch
+        >>> head = EmbeddingHead(64, 32)
+        >>> e = head(torch.rand(2, 64, 5, 7))
+        >>> tuple(e.shape), bool(torch.allclose(e.norm(dim=1), torch.ones(2, 5, 7)))
+        ((2, 32, 5, 7), True)
+    """
+
+    def __init__(self, in_channels: int, dim: int = 32, spatial: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        if spatial:
+            self.net: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.GroupNorm(min(32, in_channels), in_channels),
+                nn.ReLU(inplace=True), nn.Conv2d(in_channels, dim, 3, padding=1))
+        else:
+            self.net = nn.Linear(in_channels, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.net(x), dim=1)
 
 
 def _shrink_retinanet_head(head: RetinaNetHead, convs: int) -> None:

@@ -369,6 +369,14 @@ def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                       help="at most N positives per image enter the loss, each object's best first (default: all)")
     odam.add_argument("--odam-second-order", action="store_true",
                       help="also differentiate through the gradient weights (slower)")
+    fnms = train.add_argument_group("FeatureNMS (Salscheider 2021)")
+    fnms.add_argument("--feature-embedding", action="store_true",
+                      help="add an embedding head and train it with the pair margin loss (alpha 0.2, beta 1.0); "
+                           "the checkpoint then works with --nms feature-nms")
+    fnms.add_argument("--embedding-dim", type=int, default=d.embedding_dim, metavar="N",
+                      help=f"embedding size (default: {d.embedding_dim})")
+    fnms.add_argument("--embedding-weight", type=float, default=d.embedding_weight, metavar="F",
+                      help=f"weight of the embedding loss (default: {d.embedding_weight})")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.set_defaults(run=_train)
 
@@ -422,7 +430,8 @@ def _train(args: argparse.Namespace) -> int:
                          nms_thresh=args.nms_thresh, workers=args.workers, max_iters=args.max_iters,
                          device=str(device), odam_train=args.odam_train, odam_weight=args.odam_weight,
                          odam_negatives=args.odam_negatives, odam_max_positives=args.odam_max_positives,
-                         odam_second_order=args.odam_second_order)
+                         odam_second_order=args.odam_second_order, feature_embedding=args.feature_embedding,
+                         embedding_dim=args.embedding_dim, embedding_weight=args.embedding_weight)
     state = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         m = state["metrics"]

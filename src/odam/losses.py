@@ -127,3 +127,51 @@ class OdamTrainLoss(nn.Module):
                 image_index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return odam_train_loss(maps, gt_index, ious, boxes=boxes, image_index=image_index,
                                negatives=self.negatives, weight=self.weight, eps=self.eps)
+
+
+def pair_margin_loss(embeddings: Tensor, gt_index: Tensor, *, image_index: Tensor | None = None,
+                     alpha: float = 0.2, beta: float = 1.0, weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """FeatureNMS's embedding loss (Salscheider 2021), the margin loss of Wu et al. (2017) on pairs.
+
+    For every pair ``(i, j)``, ``i < j``, of positive predictions in one image, with Euclidean embedding
+    distance ``D_ij``: ``max(0, alpha + y_ij * (D_ij - beta))``, where ``y_ij = +1`` if both were assigned to the
+    same ground-truth object and ``-1`` otherwise. Same-object pairs are pulled within ``beta - alpha``,
+    different-object pairs pushed beyond ``beta + alpha``; FeatureNMS then calls two predictions one object when
+    their distance is at most ``beta``. The loss is ``weight * (mean over same-object pairs + mean over
+    different-object pairs)``, so crowded images with many more different-object pairs do not drown the rest.
+
+    Args:
+        embeddings: ``Tensor[N, E]`` (L2-normalised by the embedding head).
+        gt_index: ``Tensor[N]`` int, each positive's object; ids need only be unique within an image.
+        image_index: ``Tensor[N]`` int, each positive's image; ``None`` for one image.
+
+    Returns:
+        ``(loss, stats)`` with stats ``same`` and ``different`` (the two means, detached) and ``same_pairs``,
+        ``different_pairs``.
+
+    Example:
+        >>> e = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1]]), dim=1)
+        >>> loss, stats = pair_margin_loss(e, torch.tensor([0, 0, 1]))
+        >>> round(loss.item(), 4), int(stats["same_pairs"]), int(stats["different_pairs"])
+        (0.0, 1, 2)
+    """
+    if embeddings.ndim != 2 or gt_index.shape != embeddings.shape[:1]:
+        raise ValueError(f"expected embeddings [N, E] and gt_index [N], got {tuple(embeddings.shape)} and "
+                         f"{tuple(gt_index.shape)}")
+    if image_index is None:
+        image_index = torch.zeros_like(gt_index)
+    e = embeddings.float()
+    i, j = torch.triu_indices(len(e), len(e), 1, device=e.device)
+    together = image_index[i] == image_index[j]
+    i, j = i[together], j[together]
+    same = gt_index[i] == gt_index[j]
+    distance = (e[i] - e[j]).pow(2).sum(1).clamp_min(1e-12).sqrt()
+    y = torch.where(same, 1.0, -1.0)
+    margin = F.relu(alpha + y * (distance - beta))
+    parts = {}
+    for name, mask in (("same", same), ("different", ~same)):
+        parts[name] = margin[mask].sum() / mask.sum().clamp_min(1)
+    loss = weight * (parts["same"] + parts["different"]) + 0 * e.sum()  # keeps the graph with no pairs
+    stats = {"same": parts["same"].detach(), "different": parts["different"].detach(),
+             "same_pairs": same.sum().detach(), "different_pairs": (~same).sum().detach()}
+    return loss, stats

@@ -85,6 +85,8 @@ class TrainConfig:
             overlaps the best one's).
         odam_max_positives: at most this many positives per image enter the loss; ``None`` for all.
         odam_second_order: differentiate through the gradient weights too (slower; reaches the head).
+        feature_embedding: add FeatureNMS's embedding head (``embedding_dim``-d) and train it with the pair
+            margin loss (weight ``embedding_weight``), see :mod:`odam.train.embedding`.
     """
 
     model: str
@@ -115,6 +117,9 @@ class TrainConfig:
     odam_negatives: str = "all"
     odam_max_positives: int | None = None
     odam_second_order: bool = False
+    feature_embedding: bool = False
+    embedding_dim: int = 32
+    embedding_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -124,7 +129,8 @@ class TrainConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose from {', '.join(BACKBONES)}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("warmup_iters", 0),
-                          ("workers", 0), ("seed", 0), ("max_iters", 1), ("odam_max_positives", 1)):
+                          ("workers", 0), ("seed", 0), ("max_iters", 1), ("odam_max_positives", 1),
+                          ("embedding_dim", 1)):
             value = getattr(self, name)
             if name in ("max_iters", "odam_max_positives") and value is None:
                 continue
@@ -145,12 +151,17 @@ class TrainConfig:
             raise ValueError(f"odam_weight must be a non-negative number, got {self.odam_weight!r}")
         if self.odam_negatives not in NEGATIVES:
             raise ValueError(f"odam_negatives must be one of {', '.join(NEGATIVES)}, got {self.odam_negatives!r}")
+        if not (self.embedding_weight >= 0 and math.isfinite(self.embedding_weight)):
+            raise ValueError(f"embedding_weight must be a non-negative number, got {self.embedding_weight!r}")
         if self.odam_train and self.model == "retinanet":
             raise ValueError("--odam-train supports fcos and fasterrcnn, not retinanet")
 
     def model_kwargs(self, num_classes: int) -> dict[str, Any]:
-        return {"backbone": self.backbone, "num_classes": num_classes, "min_size": self.min_size,
-                "max_size": self.max_size, "nms_thresh": self.nms_thresh, "score_thresh": self.score_thresh}
+        kwargs = {"backbone": self.backbone, "num_classes": num_classes, "min_size": self.min_size,
+                  "max_size": self.max_size, "nms_thresh": self.nms_thresh, "score_thresh": self.score_thresh}
+        if self.feature_embedding:
+            kwargs["embedding_dim"] = self.embedding_dim
+        return kwargs
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -340,6 +351,11 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
 
         odam = OdamTrainer(model, weight=config.odam_weight, negatives=config.odam_negatives,
                            max_positives=config.odam_max_positives, second_order=config.odam_second_order)
+    embedding = None
+    if config.feature_embedding:
+        from odam.train.embedding import EmbeddingTrainer
+
+        embedding = EmbeddingTrainer(model, weight=config.embedding_weight)
     eval_sizes = (model.transform.min_size, model.transform.max_size)
     sizes = jitter_sizes(config)
     bar = tqdm(total=total, initial=state["step"], desc=f"train {config.model}", unit="it", disable=not progress,
@@ -363,11 +379,14 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                 targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
                 watched: dict[str, Tensor] = {}
                 with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
-                    with odam.capture() if odam is not None else nullcontext():
+                    with odam.capture() if odam is not None else nullcontext(), \
+                            embedding.capture() if embedding is not None else nullcontext():
                         losses = net(images, targets)
                     if odam is not None:
                         losses["odam"], stats = odam.loss()
                         watched = {"con": stats["con"], "sep": stats["sep"]}
+                    if embedding is not None:
+                        losses["embedding"], _ = embedding.loss()
                     loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:  # the scaler skips steps with non-finite gradients by itself
@@ -452,7 +471,7 @@ def _collate(batch: list) -> tuple:
 
 def _short(name: str) -> str:
     return {"classification": "cls", "bbox_regression": "box", "bbox_ctrness": "ctr", "loss_classifier": "cls",
-            "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn"}.get(name, name)
+            "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn", "embedding": "emb"}.get(name, name)
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
