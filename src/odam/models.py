@@ -389,7 +389,8 @@ def configure(
     return model
 
 
-def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", **kwargs: Any) -> DetectorAdapter:
+def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", nms: Any = None,
+                  **kwargs: Any) -> DetectorAdapter:
     """Build or load a detector and wrap it in its adapter, ready for :class:`odam.ODAM`.
 
     Args:
@@ -397,6 +398,8 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
             odam checkpoint, or a spec that :func:`create_model` accepts (``"torchvision:<builder>"``,
             ``"odam:<arch>"``).
         weights: for ``torchvision:`` specs, as in :func:`create_model`.
+        nms: replace the model's own NMS: ``"nms"``, ``"soft-nms"``, ``"feature-nms"`` or ``"odam-nms"``
+            (``"odam"``), or an :class:`odam.nms.Suppression` with settings; ``None`` keeps the model's.
         **kwargs: builder keywords for specs; not allowed with bundled models or checkpoints.
 
     Returns:
@@ -409,6 +412,8 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
         >>> detector = load_detector("synthcrowd-fcos")
         >>> type(detector.model).__name__, detector.categories
         ('FCOS', ('__background__', 'person'))
+        >>> load_detector("synthcrowd-fcos-odamtrain", nms="odam").nms.method
+        'odam-nms'
     """
     from odam.detectors import wrap_detector
 
@@ -417,8 +422,8 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with {spec}")
         model, config = load_checkpoint(bundled_path(spec) if spec in BUNDLED else spec)
-        return wrap_detector(model, config.get("categories"))
-    return wrap_detector(create_model(spec, weights=weights, **kwargs))
+        return wrap_detector(model, config.get("categories"), nms)
+    return wrap_detector(create_model(spec, weights=weights, **kwargs), nms=nms)
 
 
 def bundled_path(name: str) -> Path:

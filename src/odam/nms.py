@@ -27,6 +27,7 @@ centred version separates same-object from different-object pairs by a wider gap
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -39,6 +40,72 @@ from torchvision.ops import nms as _torchvision_nms
 SHORT_EDGE = 50
 _BLOCK = 256
 SOFT_METHODS = ("gaussian", "linear")
+#: What can replace a detector's own NMS (``odam.load_detector(..., nms=...)``, ``odam explain --nms``).
+METHODS = ("nms", "soft-nms", "feature-nms", "odam-nms")
+_ALIASES = {"odam": "odam-nms", "soft": "soft-nms", "feature": "feature-nms", "featurenms": "feature-nms",
+            "softnms": "soft-nms", "odamnms": "odam-nms"}
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """Which NMS replaces a detector's own, with its settings.
+
+    The detector's candidates before NMS (those above its score threshold, the ``max_candidates`` best) go
+    through ``method`` within each class, and the first ``detections_per_img`` survivors are returned.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        iou_threshold: ``T_iou`` of ``"nms"`` and ``"odam-nms"``; Soft-NMS's linear threshold.
+        low, high: ``T^l``/``T^h`` of ``"odam-nms"`` (default 0.2/0.8) or the IoU range of ``"feature-nms"``
+            (default 0.1/0.9); ``None`` picks the method's default.
+        distance: ``"feature-nms"``'s embedding distance.
+        sigma, soft_method, soft_threshold: ``"soft-nms"``'s settings.
+        short_edge: ``"odam-nms"``'s heat-map resolution.
+        frozen_norm: ``"odam-nms"`` computes the maps with ``ODAM(frozen_norm=...)``: ``True`` (the default)
+            holds FCOS's GroupNorm statistics fixed, which is many times faster on a CPU and approximates the
+            gradients; ``False`` is exact.
+        max_candidates: at most this many candidates (by score) enter the suppression.
+
+    Example:
+        >>> Suppression.parse("odam")
+        Suppression(method='odam-nms', iou_threshold=0.5, low=0.2, high=0.8, distance=1.0, sigma=0.5, soft_method='gaussian', soft_threshold=0.05, short_edge=50, frozen_norm=True, max_candidates=1000)
+    """
+
+    method: str = "odam-nms"
+    iou_threshold: float = 0.5
+    low: float | None = None
+    high: float | None = None
+    distance: float = 1.0
+    sigma: float = 0.5
+    soft_method: str = "gaussian"
+    soft_threshold: float = 0.05
+    short_edge: int = SHORT_EDGE
+    frozen_norm: bool = True
+    max_candidates: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown NMS method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.low is None or self.high is None:
+            low, high = (0.1, 0.9) if self.method == "feature-nms" else (0.2, 0.8)
+            object.__setattr__(self, "low", low if self.low is None else self.low)
+            object.__setattr__(self, "high", high if self.high is None else self.high)
+        if self.soft_method not in SOFT_METHODS:
+            raise ValueError(f"soft_method must be one of {SOFT_METHODS}, got {self.soft_method!r}")
+        for name in ("short_edge", "max_candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def parse(cls, nms: str | Suppression, **settings: float) -> Suppression:
+        """A :class:`Suppression` from a method name (aliases ``"odam"``, ``"soft"``, ``"feature"``) or one."""
+        if isinstance(nms, Suppression):
+            return replace(nms, **settings) if settings else nms
+        if not isinstance(nms, str):
+            raise ValueError(f"nms must be a method name or a Suppression, got {type(nms).__name__}")
+        key = nms.strip().lower().replace("_", "-")
+        return cls(method=_ALIASES.get(key.replace("-", ""), key), **settings)
 
 
 def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:

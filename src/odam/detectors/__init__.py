@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry, MapGroup, Trace, borrowed
 from odam.detectors.torchvision import OneStageAdapter, TwoStageAdapter
+from odam.nms import Suppression
 
 SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN")
 
@@ -14,12 +17,15 @@ __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "
            "SUPPORTED"]
 
 
-def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None) -> DetectorAdapter:
+def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None,
+                  nms: str | Suppression | None = None) -> DetectorAdapter:
     """Wrap a torchvision detector in an adapter with ``detect(image) -> Detections``.
 
     Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN, ``_v2`` variants included.
-    An adapter passed in is returned as it is. ``categories`` names the classes, indexed by label (as
-    torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0).
+    An adapter passed in is returned as it is (a copy, when ``nms`` is given). ``categories`` names the
+    classes, indexed by label (as torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0).
+    ``nms`` replaces the model's own NMS: a name from :data:`odam.nms.METHODS` (``"odam"`` for Odam-NMS) or an
+    :class:`odam.nms.Suppression`.
 
     Raises:
         TypeError: for any other model, naming what is supported.
@@ -31,11 +37,15 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
         'OneStageAdapter'
     """
     if isinstance(model, DetectorAdapter):
-        return model
+        if nms is None:
+            return model
+        adapter = copy.copy(model)
+        adapter.nms = Suppression.parse(nms)
+        return adapter
     if isinstance(model, (FCOS, RetinaNet)):
-        return OneStageAdapter(model, categories)
+        return OneStageAdapter(model, categories, nms)
     if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
-        return TwoStageAdapter(model, categories)
+        return TwoStageAdapter(model, categories, nms)
     raise TypeError(
         f"unsupported detector {type(model).__name__}; odam supports torchvision {', '.join(SUPPORTED)}"
         " (and their _v2 variants)"

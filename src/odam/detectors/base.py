@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odam._image import load_image
+from odam.nms import Suppression
 from odam.structures import TARGETS, Detections
 
 ImageLike = object  # a Tensor[3, H, W], PIL image, HxWx3 uint8 array or path; see odam.load_image
@@ -193,8 +194,14 @@ class Trace:
     _adapter: DetectorAdapter
     _state: dict
 
-    def graph(self, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+    def graph(self, detections: Detections, *, frozen_norm: bool = False
+              ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
         """Differentiable attributes of ``detections`` (which must carry provenance).
+
+        ``frozen_norm=True`` holds the statistics of normalisation layers that pool over positions (FCOS's
+        GroupNorm) at their values in this pass, as constants: the attributes are unchanged, but their
+        gradients lose the path through those statistics, and a head that was global becomes local (fast,
+        batched crops). Adapters without such layers ignore it.
 
         Returns:
             ``(Y, groups, group_of)``: ``Y`` is ``Tensor[K, 5]`` with columns :data:`odam.TARGETS`;
@@ -205,7 +212,7 @@ class Trace:
             raise ValueError(
                 "detections must come from detect() (they record the feature level and index they came from)"
             )
-        return self._adapter._graph(self, detections)
+        return self._adapter._graph(self, detections, frozen_norm)
 
 
 @dataclass(frozen=True)
@@ -263,11 +270,14 @@ class DetectorAdapter(abc.ABC):
     #: Attribute names this adapter can explain.
     targets: tuple[str, ...] = TARGETS
 
-    def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None) -> None:
+    def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
+                 nms: str | Suppression | None = None) -> None:
         self.model = model
         #: class names indexed by label, or ``None``; as in torchvision, models with a background class have
         #: ``"__background__"`` at index 0.
         self.categories = None if categories is None else tuple(categories)
+        #: what replaces the detector's own NMS (see :class:`odam.nms.Suppression`); ``None`` keeps the model's.
+        self.nms = None if nms is None else Suppression.parse(nms)
 
     @property
     def device(self) -> torch.device:
@@ -292,7 +302,23 @@ class DetectorAdapter(abc.ABC):
         x = load_image(image).to(self.device, dtype if dtype.is_floating_point else torch.float32)
         with borrowed(self.model):
             self.model.eval()
-            return self._trace(x, layer)
+            trace = self._trace(x, layer)
+            if self.nms is not None:
+                trace.detections = _suppress(trace, self.nms)
+            return trace
+
+    def embeddings(self, trace: Trace, detections: Detections) -> Tensor:
+        """``Tensor[N, E]``: FeatureNMS's embedding of each detection (which must carry provenance), from the
+        model's ``embedding_head`` (see ``odam train --feature-embedding``)."""
+        if not isinstance(getattr(self.model, "embedding_head", None), nn.Module):
+            raise ValueError("feature-nms needs a model with an embedding head; train one with "
+                             "'odam train --feature-embedding'")
+        with borrowed(self.model), torch.no_grad():
+            self.model.eval()
+            return self._embeddings(trace, detections)
+
+    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot compute embeddings")
 
     @property
     def score_threshold(self) -> float:
@@ -324,7 +350,20 @@ class DetectorAdapter(abc.ABC):
             return self._candidates(x, max_candidates)
 
     @abc.abstractmethod
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace: ...
+    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+        """One forward pass. With ``self.nms`` set, ``detections`` are the candidates before NMS (the
+        ``self.nms.max_candidates`` best-scoring, by descending score) and ``_state["max_detections"]`` caps
+        what :func:`_suppress` returns; otherwise they are the model's own output."""
+
+    def _candidates_or_nms(self, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
+                           max_detections: int) -> Tensor:
+        """Indices into pre-NMS candidates: the model's own batched NMS, or the candidates kept for
+        ``self.nms``."""
+        if self.nms is None:
+            from torchvision.ops import batched_nms
+
+            return batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+        return torch.sort(scores, descending=True, stable=True).indices[: self.nms.max_candidates]
 
     def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         raise NotImplementedError(
@@ -332,7 +371,44 @@ class DetectorAdapter(abc.ABC):
         )
 
     @abc.abstractmethod
-    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...
+    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+               ) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...
+
+
+def _suppress(trace: Trace, config: Suppression) -> Detections:
+    """Apply ``config`` to the candidates in ``trace.detections``, class by class; Soft-NMS's decayed scores
+    become the detections' scores."""
+    from odam import nms as ops
+
+    cands = trace.detections
+    cap = int(trace._state.get("max_detections", len(cands)))
+    if len(cands) == 0:
+        return cands
+    if config.method == "odam-nms":
+        from odam.explainers.odam import ODAM
+
+        vectors = ODAM(trace._adapter, frozen_norm=config.frozen_norm)._vectors(trace, cands, config.short_edge)
+    elif config.method == "feature-nms":
+        embeddings = trace._adapter.embeddings(trace, cands)
+    scores = cands.scores.clone()
+    kept = []
+    for label in torch.unique(cands.labels):
+        idx = torch.where(cands.labels == label)[0]
+        boxes, s = cands.boxes[idx], cands.scores[idx]
+        if config.method == "nms":
+            keep = ops.nms(boxes, s, config.iou_threshold)
+        elif config.method == "odam-nms":
+            keep = ops.odam_nms(boxes, s, vectors[idx], config.iou_threshold, config.low, config.high)
+        elif config.method == "feature-nms":
+            keep = ops.feature_nms(boxes, s, embeddings[idx], config.low, config.high, config.distance)
+        else:
+            keep, decayed = ops.soft_nms(boxes, s, config.sigma, config.soft_threshold, config.soft_method,
+                                         config.iou_threshold)
+            scores[idx[keep]] = decayed
+        kept.append(idx[keep])
+    keep = torch.cat(kept)
+    keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices][:cap]
+    return Detections(cands.boxes[keep], scores[keep], cands.labels[keep], cands.levels[keep], cands.indices[keep])
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from odam.detectors.base import (
     leaf_hook,
     resolve_layer,
 )
+from odam.nms import Suppression
 from odam.structures import Detections
 
 _LOCAL_HEADS = (RetinaNetHead, RetinaNetClassificationHead, RetinaNetRegressionHead, FCOSHead, FCOSClassificationHead,
@@ -137,8 +139,9 @@ def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, 
 class OneStageAdapter(DetectorAdapter):
     """FCOS and RetinaNet (and their ``_v2`` variants)."""
 
-    def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None) -> None:
-        super().__init__(model, categories)
+    def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None,
+                 nms: str | Suppression | None = None) -> None:
+        super().__init__(model, categories, nms)
         self.is_fcos = isinstance(model, FCOS)
 
     def _head(self, features: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -212,20 +215,22 @@ class OneStageAdapter(DetectorAdapter):
                 lvl.append(torch.full_like(anchor_idxs, li))
                 idx.append(anchor_idxs)
             boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-            keep = box_ops.batched_nms(boxes, scores, labels, m.nms_thresh)[: m.detections_per_img]
+            keep = self._candidates_or_nms(boxes, scores, labels, m.nms_thresh, m.detections_per_img)
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], torch.cat(lvl)[keep], torch.cat(idx)[keep])
         state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors,
-                 "local": layer is None}
+                 "local": layer is None, "max_detections": m.detections_per_img}
         return Trace(dets, geometry, self, state)
 
-    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+               ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
         st = trace._state
         features, anchors = st["features"], st["anchors"]
         levels, indices, labels = detections.levels, detections.indices, detections.labels
         if len(levels) and int(levels.max()) >= len(features):
             raise ValueError(f"detection level out of range: this detector has {len(features)} levels")
-        radius = self._receptive_radius() if st["local"] else None
+        radius = self._receptive_radius(frozen_norm) if st["local"] else None
+        stats = self._norm_stats(trace) if radius is not None and frozen_norm else None
         rows, groups, group_of = [], [], torch.empty_like(levels)
         with torch.enable_grad():
             for li, feature in enumerate(features):
@@ -240,7 +245,9 @@ class OneStageAdapter(DetectorAdapter):
                     y = self._attributes({k: v[a] for k, v in out.items()}, labels[sel], anchors[li][a], trace.geometry)
                     rows.append((sel, y))
                     continue
-                for part, group, y in self._crops(feature, sel, indices, labels, anchors[li], radius, trace):
+                level_stats = None if stats is None else {k: v[li] for k, v in stats.items()}
+                for part, group, y in self._crops(feature, sel, indices, labels, anchors[li], radius, trace,
+                                                  level_stats):
                     rows.append((part, y))
                     groups.append(group)
                     group_of[part] = len(groups) - 1
@@ -249,6 +256,17 @@ class OneStageAdapter(DetectorAdapter):
         if radius is None:
             groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"])
         return y, groups, group_of
+
+    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
+        features, head = trace._state["features"], self.model.embedding_head
+        n_anchors = self.model.head.classification_head.num_anchors
+        out = torch.zeros(len(detections), head.dim, device=detections.boxes.device)
+        for li, feature in enumerate(features):
+            sel = torch.where(detections.levels == li)[0]
+            if len(sel):
+                flat = head(feature.detach()).flatten(2)[0]  # [E, h * w]
+                out[sel] = flat[:, detections.indices[sel] // n_anchors].T.to(out.dtype)
+        return out
 
     def _num_outputs(self, feature: Tensor) -> int:
         return feature.shape[-2] * feature.shape[-1] * self.model.head.classification_head.num_anchors
@@ -261,13 +279,15 @@ class OneStageAdapter(DetectorAdapter):
         return torch.cat([score[:, None], _edges(box, geometry)], 1)
 
     def _crops(self, feature: Tensor, sel: Tensor, indices: Tensor, labels: Tensor, anchors: Tensor, radius: int,
-               trace: Trace) -> Iterator[tuple[Tensor, FeatureGroup, Tensor]]:
+               trace: Trace, norm_stats: dict | None = None) -> Iterator[tuple[Tensor, FeatureGroup, Tensor]]:
         """Run the head on the ``radius`` neighbourhood of each detection's cell only.
 
         Without normalisation across positions, an output at cell p depends on the cells within the head's
         receptive radius alone; a crop clipped at the map's border keeps the convolutions' own zero padding
         there, so the output at p is the same as on the whole map. Detections with equal crop shapes and
-        centre offsets are batched; their crops are leaves whose rows are independent.
+        centre offsets are batched; their crops are leaves whose rows are independent. With ``norm_stats``
+        (``{id(GroupNorm): (mean, rstd)}`` of this level), GroupNorm layers normalise with those fixed
+        statistics, which makes them act on each position alone.
         """
         h, w = feature.shape[-2:]
         n_anchors = self.model.head.classification_head.num_anchors
@@ -281,27 +301,30 @@ class OneStageAdapter(DetectorAdapter):
             part = sel[mine]
             windows = Windows(lo[mine], (int(key[0]), int(key[1])), (h, w))
             crops = windows.gather(feature.detach()).requires_grad_(True)
-            out = self.model.head([crops])
+            with _frozen_groupnorm(self.model.head, norm_stats):
+                out = self.model.head([crops])
             at = (key[2] * windows.size[1] + key[3]) * n_anchors + anchor[mine]
             picked = {k: v[torch.arange(len(part)), at] for k, v in out.items()}
             y = self._attributes(picked, labels[part], anchors[indices[part]], trace.geometry)
             rows = torch.arange(len(part), device=part.device)
             yield part, CropGroup(crops, rows, trace.geometry, feature, windows), y
 
-    def _receptive_radius(self) -> int | None:
+    def _receptive_radius(self, frozen_norm: bool = False) -> int | None:
         """How many cells an output of the head can see in each direction, or ``None`` when it sees further.
 
         Only torchvision's own heads built from stride-1 "same" convolutions, ReLUs and per-position
         normalisation qualify: RetinaNet, and FCOS without GroupNorm. GroupNorm (FCOS, RetinaNet v2) pools
-        statistics over the whole level, so every output depends on every cell.
+        statistics over the whole level, so every output depends on every cell, unless ``frozen_norm``
+        holds those statistics fixed.
         """
         head = self.model.head
         if type(head) not in _LOCAL_HEADS:
             return None
+        local = _LOCAL_LAYERS + ((nn.GroupNorm,) if frozen_norm else ())
         radius = 0
         for branch in (head.classification_head, head.regression_head):
             leaves = [m for m in branch.modules() if not list(m.children())]
-            if type(branch) not in _LOCAL_HEADS or not all(isinstance(m, _LOCAL_LAYERS) for m in leaves):
+            if type(branch) not in _LOCAL_HEADS or not all(isinstance(m, local) for m in leaves):
                 return None
             reach = {}
             for name, conv in branch.named_modules():
@@ -315,6 +338,59 @@ class OneStageAdapter(DetectorAdapter):
             tower = sum(r for name, r in reach.items() if name.startswith("conv."))
             radius = max(radius, tower + max((r for name, r in reach.items() if "." not in name), default=0))
         return radius
+
+
+    def _norm_stats(self, trace: Trace) -> dict[int, list[tuple[Tensor, Tensor]]]:
+        """Per GroupNorm layer of the head, its ``(mean, rstd)`` (``[1, G]`` each) on every level, in level
+        order: the statistics of this trace's forward pass, computed once and kept in the trace."""
+        st = trace._state
+        if "norm_stats" not in st:
+            stats: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+            def record(module: nn.GroupNorm, args: tuple) -> None:
+                x = args[0].detach()
+                var, mean = torch.var_mean(x.reshape(x.shape[0], module.num_groups, -1), dim=2, unbiased=False)
+                stats.setdefault(id(module), []).append((mean, torch.rsqrt(var + module.eps)))
+
+            norms = [m for m in self.model.head.modules() if isinstance(m, nn.GroupNorm)]
+            handles = [m.register_forward_pre_hook(record) for m in norms]
+            try:
+                with torch.no_grad():
+                    self.model.head([f.detach() for f in st["features"]])
+            finally:
+                for h in handles:
+                    h.remove()
+            st["norm_stats"] = stats
+        return st["norm_stats"]
+
+
+@contextmanager
+def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] | None) -> Iterator[None]:
+    """Inside the block, each GroupNorm of ``head`` normalises with the given fixed ``(mean, rstd)``."""
+    if stats is None:
+        yield
+        return
+    patched = []
+    for m in head.modules():
+        if isinstance(m, nn.GroupNorm):
+            mean, rstd = stats[id(m)]
+
+            def forward(x: Tensor, m: nn.GroupNorm = m, mean: Tensor = mean, rstd: Tensor = rstd) -> Tensor:
+                b, c = x.shape[:2]
+                y = (x.reshape(b, m.num_groups, -1) - mean[..., None]) * rstd[..., None]
+                y = y.reshape(x.shape)
+                if m.affine:
+                    shape = (1, c) + (1,) * (x.ndim - 2)
+                    y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
+                return y
+
+            patched.append(m)
+            m.forward = forward
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
 
 
 class CropGroup(MapGroup):
@@ -488,13 +564,19 @@ class TwoStageAdapter(DetectorAdapter):
             boxes, scores, labels, roi_idx = boxes[inds], scores[inds], labels[inds], roi_idx[inds]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels, roi_idx = boxes[keep], scores[keep], labels[keep], roi_idx[keep]
-            keep = box_ops.batched_nms(boxes, scores, labels, rh.nms_thresh)[: rh.detections_per_img]
+            keep = self._candidates_or_nms(boxes, scores, labels, rh.nms_thresh, rh.detections_per_img)
             roi_idx = roi_idx[keep]
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], self._roi_levels(proposals)[roi_idx], roi_idx)
         state = {"features": feats, "leaves": leaves, "proposals": proposals, "mode": mode,
-                 "image_sizes": images.image_sizes}
+                 "image_sizes": images.image_sizes, "max_detections": rh.detections_per_img}
         return Trace(dets, geometry, self, state)
+
+    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
+        st, rh = trace._state, self.model.roi_heads
+        props = st["proposals"][detections.indices]
+        pooled = rh.box_roi_pool(st["features"], [props], st["image_sizes"])
+        return self.model.embedding_head(rh.box_head(pooled))
 
     def _roi_levels(self, boxes: Tensor) -> Tensor:
         pool = self.model.roi_heads.box_roi_pool
@@ -502,7 +584,8 @@ class TwoStageAdapter(DetectorAdapter):
             return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
         return pool.map_levels([boxes])
 
-    def _graph(self, trace: Trace, detections: Detections) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+               ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
         st = trace._state
         geometry, rh = trace.geometry, self.model.roi_heads
         pool, proposals = rh.box_roi_pool, st["proposals"]
