@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--layer", default=None, metavar="L",
                          help="explained features: 'fpn' (default), 'roi' (two-stage detectors) or a "
                               "dotted module name such as backbone.body.layer3")
+    explain.add_argument("--nms", default=None, choices=("nms", "soft-nms", "feature-nms", "odam-nms"),
+                         help="replace the detector's own NMS (odam-nms: Odam-NMS with T_iou 0.5, T_l 0.2, T_h 0.8; "
+                              "feature-nms needs a model trained with --feature-embedding)")
     explain.add_argument("--save-maps", action="store_true",
                          help="also write DIR/<image>_maps.npz with the raw maps, boxes, scores and labels")
     explain.set_defaults(run=_explain)
@@ -111,7 +114,7 @@ def _evaluate_parser(sub: Any) -> None:
     evaluate = sub.add_parser("evaluate", help="measure detectors")
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True,
-                                     metavar="{detector,explanations,correlation,compare}")
+                                     metavar="{detector,explanations,correlation,compare,nms}")
     det = ev_sub.add_parser("detector", help="COCO mAP and AP50 of detectors on a dataset",
                             description="Evaluate each model on DATA with pycocotools and print a Markdown table "
                                         "with its size and recorded training time.")
@@ -193,6 +196,36 @@ def _evaluate_parser(sub: Any) -> None:
     co.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     co.set_defaults(run=_evaluate_correlation)
+
+    from odam.evaluation.nms import NmsConfig
+
+    n = NmsConfig(data="", model="")
+    nm = ev_sub.add_parser(
+        "nms", help="NMS, Soft-NMS, FeatureNMS and Odam-NMS with the crowd metrics (Tables 5, 7-9, Fig. 9)",
+        description="Run the detector once per image and suppress its candidates with each method; report AP, "
+                    "MR-2, JI, recall (total, sparse, crowd) and seconds per image. Writes OUT/<model>/images.jsonl, "
+                    "summary.json and, with --sweep, sweep.csv and sweep.png; rerunning the same command resumes.")
+    nm.add_argument("--data", required=True, help="dataset folder or annotation file (odgt or COCO json)")
+    nm.add_argument("--model", required=True, nargs="+", metavar="SPEC", help="bundled names or checkpoints")
+    nm.add_argument("--feature-model", nargs="+", default=None, metavar="SPEC",
+                    help="models with an embedding head for feature-nms: one for all --model, or one each "
+                         "(default: the --model itself)")
+    nm.add_argument("--methods", default=",".join(n.methods), help=f"comma-separated (default {','.join(n.methods)})")
+    nm.add_argument("--max-images", type=int, default=None, metavar="N", help="the first N images (default all)")
+    nm.add_argument("--max-candidates", type=int, default=n.max_candidates, metavar="N",
+                    help=f"candidates per image entering the suppression (default {n.max_candidates})")
+    nm.add_argument("--low", type=float, default=n.low, metavar="T", help=f"Odam-NMS T_l (default {n.low})")
+    nm.add_argument("--high", type=float, default=n.high, metavar="T", help=f"Odam-NMS T_h (default {n.high})")
+    nm.add_argument("--exact-maps", action="store_true",
+                    help="Odam-NMS maps with exact gradients through GroupNorm (slower; default: frozen statistics)")
+    nm.add_argument("--sweep", action="store_true", help="also sweep T_l x T_h (Fig. 9)")
+    nm.add_argument("--out", required=True, type=Path, help="output directory; an existing run there is resumed")
+    nm.add_argument("--write", type=Path, default=None, metavar="FILE",
+                    help="also replace this run's blocks in a Markdown file (e.g. docs/RESULTS.md)")
+    nm.add_argument("--key", default=None, help="name of the Markdown blocks (default nms-<data folder>)")
+    nm.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    nm.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    nm.set_defaults(run=_evaluate_nms)
 
     cmp = ev_sub.add_parser("compare", help="one method's metrics from several explanation runs, side by side",
                             description="Read RUN/summary.json of 'odam evaluate explanations' runs and print one "
@@ -335,6 +368,42 @@ def _evaluate_correlation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_nms(args: argparse.Namespace) -> int:
+    from odam.data.stats import write_block
+    from odam.evaluation.nms import NmsConfig, run, table5, table7
+
+    if not Path(args.data).exists():
+        raise ValueError(f"no dataset at {args.data}")
+    names = [Path(spec).name for spec in args.model]
+    if len(set(names)) < len(names):
+        raise ValueError(f"models need distinct names, for OUT/<name>: got {', '.join(names)}")
+    features = args.feature_model or [None]
+    if len(features) not in (1, len(args.model)):
+        raise ValueError(f"give one --feature-model, or one per --model ({len(args.model)}), not {len(features)}")
+    features = features * len(args.model) if len(features) == 1 else features
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    device = _device(args.device)
+    summaries = []
+    for spec, feature in zip(args.model, features, strict=True):
+        config = NmsConfig(data=str(args.data), model=spec, feature_model=feature, methods=methods,
+                           max_images=args.max_images, low=args.low, high=args.high, frozen_norm=not args.exact_maps,
+                           max_candidates=args.max_candidates, sweep=args.sweep)
+        summaries.append(run(config, args.out / Path(spec).name, device=device))
+    command = (f"`odam evaluate nms --data {args.data} --model {' '.join(args.model)}"
+               + (f" --feature-model {' '.join(args.feature_model)}" if args.feature_model else "")
+               + f" --methods {','.join(methods)}" + (f" --max-images {args.max_images}" if args.max_images else "")
+               + (" --exact-maps" if args.exact_maps else "") + (" --sweep" if args.sweep else "") + "`")
+    images = summaries[0]["images"]
+    text5 = f"{command} ({images} images)\n\n" + table5(summaries)
+    text7 = f"{command} ({images} images); recall at each method's best-JI score threshold (conf.)\n\n" + table7(summaries)
+    print(text5 + "\n\n" + text7)
+    if args.write is not None:
+        key = args.key or f"nms-{Path(args.data).name}"
+        write_block(args.write, f"{key}-table5", text5)
+        write_block(args.write, f"{key}-table7", text7)
+    return 0
+
+
 def _train_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     from odam.architectures import ARCHITECTURES, BACKBONES
     from odam.train import TrainConfig
@@ -464,7 +533,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     targets = _parse_targets(args.targets)
     device = _device(args.device)
-    detector = odam.load_detector(args.model, weights=args.weights)
+    detector = odam.load_detector(args.model, weights=args.weights, nms=args.nms)
     model, categories = detector.model, detector.categories
     configure(model, score_threshold=args.score_threshold, max_detections=args.max_detections,
               min_size=args.min_size, max_size=args.max_size)

@@ -298,14 +298,18 @@ class DetectorAdapter(abc.ABC):
 
     def trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
         """Run the detector once and keep what explainers need. ``layer`` picks the explained feature map."""
+        trace = self._candidates_trace(image, layer)
+        if self.nms is not None:
+            trace.detections = _suppress(trace, self.nms)
+        return trace
+
+    def _candidates_trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
+        """:meth:`trace` before ``self.nms`` is applied: with it set, the detections are the candidates."""
         dtype = next(self.model.parameters()).dtype
         x = load_image(image).to(self.device, dtype if dtype.is_floating_point else torch.float32)
         with borrowed(self.model):
             self.model.eval()
-            trace = self._trace(x, layer)
-            if self.nms is not None:
-                trace.detections = _suppress(trace, self.nms)
-            return trace
+            return self._trace(x, layer)
 
     def embeddings(self, trace: Trace, detections: Detections) -> Tensor:
         """``Tensor[N, E]``: FeatureNMS's embedding of each detection (which must carry provenance), from the
@@ -375,23 +379,33 @@ class DetectorAdapter(abc.ABC):
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...
 
 
-def _suppress(trace: Trace, config: Suppression) -> Detections:
-    """Apply ``config`` to the candidates in ``trace.detections``, class by class; Soft-NMS's decayed scores
-    become the detections' scores."""
-    from odam import nms as ops
-
+def _suppress(trace: Trace, config: Suppression, vectors: Tensor | None = None,
+              embeddings: Tensor | None = None) -> Detections:
+    """Apply ``config`` to the candidates in ``trace.detections``; ``vectors`` (Odam-NMS) and ``embeddings``
+    (FeatureNMS) are computed from the trace unless given."""
     cands = trace.detections
-    cap = int(trace._state.get("max_detections", len(cands)))
     if len(cands) == 0:
         return cands
-    if config.method == "odam-nms":
+    if config.method == "odam-nms" and vectors is None:
         from odam.explainers.odam import ODAM
 
         vectors = ODAM(trace._adapter, frozen_norm=config.frozen_norm)._vectors(trace, cands, config.short_edge)
-    elif config.method == "feature-nms":
+    elif config.method == "feature-nms" and embeddings is None:
         embeddings = trace._adapter.embeddings(trace, cands)
+    keep, scores = _kept(cands, config, vectors, embeddings)
+    cap = int(trace._state.get("max_detections", len(keep)))
+    keep, scores = keep[:cap], scores[:cap]
+    return Detections(cands.boxes[keep], scores, cands.labels[keep], cands.levels[keep], cands.indices[keep])
+
+
+def _kept(cands: Detections, config: Suppression, vectors: Tensor | None, embeddings: Tensor | None
+          ) -> tuple[Tensor, Tensor]:
+    """``(keep, scores)``: indices of the kept candidates by descending final score, and those scores (Soft-NMS's
+    decayed ones); each class on its own."""
+    from odam import nms as ops
+
     scores = cands.scores.clone()
-    kept = []
+    kept = [cands.labels.new_zeros(0)]
     for label in torch.unique(cands.labels):
         idx = torch.where(cands.labels == label)[0]
         boxes, s = cands.boxes[idx], cands.scores[idx]
@@ -407,8 +421,8 @@ def _suppress(trace: Trace, config: Suppression) -> Detections:
             scores[idx[keep]] = decayed
         kept.append(idx[keep])
     keep = torch.cat(kept)
-    keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices][:cap]
-    return Detections(cands.boxes[keep], scores[keep], cands.labels[keep], cands.levels[keep], cands.indices[keep])
+    keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+    return keep, scores[keep]
 
 
 @contextmanager

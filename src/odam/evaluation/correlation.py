@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
+
+from odam.evaluation.journal import append_row, image_rows
 
 KINDS = ("same", "different")
 MEASURES = ("pearson", "cosine")
@@ -137,7 +138,7 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
     data = read_dataset(config.data)
     records = data.images[: config.max_images]
     journal = out / "images.jsonl"
-    done = _read(journal)
+    done = image_rows(journal)
     detector = odam.load_detector(config.model)
     configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
               max_detections=config.max_predictions)
@@ -163,11 +164,8 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
                 values = values[~torch.isnan(values)]
                 row[f"{kind}_{measure}_sum"] = float(values.sum())
                 row[f"{kind}_{measure}_n"] = len(values)
-        with open(journal, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    rows = _read(journal)
+        append_row(journal, row)
+    rows = image_rows(journal)
     summary = summarize(config, [rows[r.id] for r in records if r.id in rows])
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(markdown([summary]) + "\n", encoding="utf-8")
@@ -207,17 +205,3 @@ def _shrink(maps: Tensor, short_edge: int) -> Tensor:
     scale = short_edge / min(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return F.adaptive_avg_pool2d(maps[:, None], size)[:, 0]
-
-
-def _read(path: Path) -> dict[int, dict]:
-    """Rows by image id; a line cut short by a kill is dropped (and cut from the file)."""
-    from odam.evaluation.explanations import complete_lines
-
-    rows = {}
-    for n, line in enumerate(complete_lines(path), 1):
-        try:
-            row = json.loads(line)
-            rows.setdefault(int(row["image_id"]), row)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{n}: not a record of this run ({err})") from None
-    return rows

@@ -31,6 +31,7 @@ import odam
 from odam.data.dataset import Dataset, ImageRecord
 from odam.data.io import read_dataset
 from odam.detectors import DetectorAdapter
+from odam.evaluation.journal import complete_lines
 from odam.metrics import (
     compactness,
     deletion,
@@ -344,19 +345,6 @@ def _num(value: float) -> float | None:
     """JSON has no NaN: undefined values are ``null``."""
     value = float(value)
     return None if math.isnan(value) else value
-
-
-def complete_lines(path: Path) -> list[str]:
-    """The lines of a JSON-lines journal; a last line cut short by a killed process is cut from the file too,
-    so that the next append starts on a fresh line. A missing file has no lines."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
-    return raw.decode("utf-8").splitlines()
 
 
 class _Journal:

@@ -1,0 +1,284 @@
+"""``odam evaluate nms``: NMS, Soft-NMS, FeatureNMS and Odam-NMS on one crowd dataset (paper Sec. 4.3, Tables 5,
+7 to 9 and Fig. 9).
+
+Per image, the detector runs once and gives its candidates before NMS: those above its score threshold, the
+``max_candidates`` best (:class:`odam.nms.Suppression`). Every method then suppresses the *same* candidates,
+class by class, with ``T_iou = iou_threshold`` for NMS and Odam-NMS, Gaussian Soft-NMS (sigma 0.5, final
+threshold 0.05) and FeatureNMS's IoU range (0.1, 0.9) and distance 1.0, as in the paper; the first
+``detections_per_img`` survivors are the detections. FeatureNMS needs a model with an embedding head
+(``feature_model``), so it has its own candidates. The metrics are :mod:`odam.metrics.crowd`'s.
+
+Seconds per image are for the whole pipeline of each method, as the paper's Table 5 times them: the detector's
+forward pass (same for all), plus the ODAM maps of every candidate for Odam-NMS (or the embeddings for
+FeatureNMS), plus the suppression itself. The first image is not timed (warm-up).
+
+``sweep=True`` also runs Odam-NMS over ``T_l`` in 0, 0.1, ..., 0.5 and ``T_h`` in 0.5, 0.6, ..., 1.0 (Fig. 9) on the
+same maps; ``T_l = 0, T_h = 1`` is the point the paper calls classical NMS.
+
+Per image, the candidates and the indices each method keeps are written to ``images.jsonl`` as they are computed,
+so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from odam.evaluation.journal import append_row, image_rows
+from odam.metrics.crowd import CrowdResult, DetectionSet, GroundTruth, crowd_metrics
+from odam.nms import METHODS, Suppression
+
+SWEEP_LOW = tuple(round(0.1 * i, 1) for i in range(6))
+SWEEP_HIGH = tuple(round(0.5 + 0.1 * i, 1) for i in range(6))
+LABELS = {"nms": "NMS", "soft-nms": "Soft-NMS", "feature-nms": "FeatureNMS", "odam-nms": "Odam-NMS"}
+
+
+@dataclass(frozen=True)
+class NmsConfig:
+    """One run; a rerun in the same folder must agree on all of it."""
+
+    data: str
+    model: str
+    feature_model: str | None = None
+    methods: tuple[str, ...] = METHODS
+    max_images: int | None = None
+    iou_threshold: float = 0.5
+    low: float = 0.2
+    high: float = 0.8
+    frozen_norm: bool = True
+    max_candidates: int = 1000
+    sweep: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"unknown NMS method {bad[0] if bad else ''!r}; choose from {', '.join(METHODS)}")
+        if self.max_images is not None and (isinstance(self.max_images, bool) or self.max_images < 1):
+            raise ValueError(f"max_images must be a positive integer, got {self.max_images!r}")
+        for name in ("iou_threshold", "low", "high"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        Suppression("nms", max_candidates=self.max_candidates)  # validates max_candidates
+
+    def suppression(self, method: str) -> Suppression:
+        common = {"iou_threshold": self.iou_threshold, "max_candidates": self.max_candidates,
+                  "frozen_norm": self.frozen_norm}
+        if method == "odam-nms":
+            return Suppression(method, low=self.low, high=self.high, **common)
+        if method == "soft-nms":
+            return Suppression(method, **{**common, "iou_threshold": 0.3})  # only the linear variant uses it
+        return Suppression(method, **common)
+
+
+def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Evaluate ``config`` over its dataset; returns the summary, also written to ``out/summary.json``."""
+    import odam
+    from odam.data.io import read_dataset
+    from odam.detectors.base import _kept
+    from odam.explainers.odam import ODAM
+
+    config.check()
+    out.mkdir(parents=True, exist_ok=True)
+    _settings(config, out)
+    data = read_dataset(config.data)
+    records = data.images[: config.max_images] if config.max_images else data.images
+    journal = out / "images.jsonl"
+    done = image_rows(journal)
+    detector = odam.load_detector(config.model, nms=config.suppression("nms"))
+    detector.model.to(device)
+    featurer = None
+    if "feature-nms" in config.methods:
+        featurer = odam.load_detector(config.feature_model or config.model, nms=config.suppression("feature-nms"))
+        if not isinstance(getattr(featurer.model, "embedding_head", None), torch.nn.Module):
+            raise ValueError(f"feature-nms needs a model with an embedding head; {config.feature_model or config.model} "
+                             "has none (pass --feature-model, trained with 'odam train --feature-embedding')")
+        featurer.model.to(device)
+    explainer = ODAM(detector, frozen_norm=config.frozen_norm)
+    todo = [r for r in records if r.id not in done]
+    warm = True  # the first image of each process is not timed
+    for record in tqdm(todo, desc=f"nms {Path(config.model).name}", unit="image", disable=not progress,
+                       dynamic_ncols=True):
+        image = odam.load_image(record.file)
+        row: dict = {"image_id": record.id, "seconds": {}, "keep": {}}
+        started = time.perf_counter()
+        trace = detector._candidates_trace(image)
+        cands = trace.detections
+        t_trace = time.perf_counter() - started
+        row["candidates"] = _boxes(cands.boxes, cands.scores, cands.labels)
+        vectors = None
+        if "odam-nms" in config.methods or config.sweep:
+            started = time.perf_counter()
+            vectors = explainer._vectors(trace, cands, 50)
+            t_maps = time.perf_counter() - started
+        for method in config.methods:
+            if method == "feature-nms":
+                continue
+            started = time.perf_counter()
+            keep, scores = _kept(cands, config.suppression(method), vectors, None)
+            keep, scores = keep[: trace._state["max_detections"]], scores[: trace._state["max_detections"]]
+            t = time.perf_counter() - started
+            row["seconds"][method] = t_trace + t + (t_maps if method == "odam-nms" else 0.0)
+            row["keep"][method] = keep.tolist()
+            if method == "soft-nms":
+                row["soft_scores"] = [round(float(s), 5) for s in scores]
+        if featurer is not None:
+            started = time.perf_counter()
+            ftrace = featurer._candidates_trace(image)
+            emb = featurer.embeddings(ftrace, ftrace.detections)
+            keep, _ = _kept(ftrace.detections, config.suppression("feature-nms"), None, emb)
+            keep = keep[: ftrace._state["max_detections"]]
+            row["seconds"]["feature-nms"] = time.perf_counter() - started
+            row["feature_candidates"] = _boxes(ftrace.detections.boxes, ftrace.detections.scores,
+                                               ftrace.detections.labels)
+            row["keep"]["feature-nms"] = keep.tolist()
+        if config.sweep:
+            row["sweep"] = {}
+            for lo in SWEEP_LOW:
+                for hi in SWEEP_HIGH:
+                    s = Suppression("odam-nms", iou_threshold=config.iou_threshold, low=lo, high=hi)
+                    keep, _ = _kept(cands, s, vectors, None)
+                    row["sweep"][f"{lo:g},{hi:g}"] = keep[: trace._state["max_detections"]].tolist()
+        row["timed"] = not warm
+        warm = False
+        append_row(journal, row)
+    rows = image_rows(journal)
+    rows = [rows[r.id] for r in records if r.id in rows]
+    summary = summarize(config, records, rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if config.sweep:
+        write_sweep(summary, out)
+    return summary
+
+
+def ground_truth(records: list) -> dict[str, GroundTruth]:
+    """Crowd-metric ground truth of dataset records (full boxes clipped to the image, their ignore flags)."""
+    out = {}
+    for r in records:
+        boxes = np.asarray(r.boxes, np.float64).reshape(-1, 4).copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, r.width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, r.height)
+        out[str(r.id)] = GroundTruth(boxes, np.asarray(r.ignore, bool))
+    return out
+
+
+def detections(rows: list[dict], method: str, sweep_key: str | None = None) -> dict[str, DetectionSet]:
+    """Each image's detections by ``method`` (or by Odam-NMS at a sweep point ``"T_l,T_h"``)."""
+    out = {}
+    for row in rows:
+        cands = np.asarray(row["feature_candidates" if method == "feature-nms" else "candidates"],
+                           np.float64).reshape(-1, 6)
+        keep = row["sweep"][sweep_key] if sweep_key else row["keep"][method]
+        scores = np.asarray(row["soft_scores"]) if method == "soft-nms" and not sweep_key else cands[keep, 4]
+        out[str(row["image_id"])] = DetectionSet(cands[keep, :4], np.asarray(scores, np.float64).reshape(-1))
+    return out
+
+
+def summarize(config: NmsConfig, records: list, rows: list[dict]) -> dict:
+    """Metrics per method (and per sweep point), over the images in ``rows``."""
+    ids = {row["image_id"] for row in rows}
+    gt = ground_truth([r for r in records if r.id in ids])
+    summary: dict = {"data": config.data, "model": config.model, "feature_model": config.feature_model,
+                     "images": len(rows), "candidates_per_image": _mean([len(r["candidates"]) for r in rows]),
+                     "methods": {}}
+    for method in config.methods:
+        result = crowd_metrics(gt, detections(rows, method))
+        timed = [r["seconds"][method] for r in rows if r.get("timed", True)]
+        summary["methods"][method] = {**asdict(result), "seconds": _mean(timed)}
+    if config.sweep and rows and all("sweep" in r for r in rows):
+        summary["sweep"] = {key: _short(crowd_metrics(gt, detections(rows, "odam-nms", key)))
+                            for key in rows[0]["sweep"]}
+    return summary
+
+
+def table5(summaries: list[dict]) -> str:
+    """The layout of the paper's Table 5 (and 8): AP, JI, MR^-2, recall and seconds per image, in %."""
+    lines = ["| model | method | AP ↑ | JI ↑ | MR⁻² ↓ | Recall | s/img |", "|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        for method, m in s["methods"].items():
+            lines.append(f"| {Path(s['model']).name} | {LABELS[method]} | {100 * m['ap']:.1f} | {100 * m['ji']:.1f} | "
+                         f"{100 * m['mr']:.1f} | {100 * m['recall']:.1f} | {m['seconds']:.3f} |")
+    return "\n".join(lines)
+
+
+def table7(summaries: list[dict]) -> str:
+    """The layout of Tables 7 and 9: ground truth matched on total, sparse and crowd ground truth, at each
+    method's best-JI score threshold."""
+    lines = ["| model | method | conf. | total | sparse | crowd |", "|---|---|---|---|---|---|"]
+    for s in summaries:
+        first = next(iter(s["methods"].values()))
+        lines.append(f"| {Path(s['model']).name} | ground truth | | {first['gt_total']} | {first['gt_sparse']} | "
+                     f"{first['gt_crowd']} |")
+        for method, m in s["methods"].items():
+            cells = [f"{m[f'matched_{k}']} ({100 * m[f'recall_{k}']:.1f}%)" for k in ("total", "sparse", "crowd")]
+            lines.append(f"| {Path(s['model']).name} | {LABELS[method]} | {m['ji_threshold']:.1f} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_sweep(summary: dict, out: Path) -> None:
+    """``sweep.csv`` and ``sweep.png`` (Fig. 9: MR, JI and AP over T_l x T_h, classical NMS starred)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = summary["sweep"]
+    with open(out / "sweep.csv", "w", encoding="utf-8") as f:
+        f.write("T_l,T_h,AP,JI,MR,recall_crowd\n")
+        for key, m in sweep.items():
+            f.write(f"{key},{m['ap']:.4f},{m['ji']:.4f},{m['mr']:.4f},{m['recall_crowd']:.4f}\n")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (name, label) in zip(axes, (("mr", "MR⁻² (%) ↓"), ("ji", "JI (%) ↑"), ("ap", "AP (%) ↑")), strict=True):
+        grid = np.array([[100 * sweep[f"{lo:g},{hi:g}"][name] for hi in SWEEP_HIGH] for lo in SWEEP_LOW])
+        im = ax.imshow(grid, cmap="viridis_r" if name == "mr" else "viridis", origin="lower", aspect="auto")
+        for i in range(len(SWEEP_LOW)):
+            for j in range(len(SWEEP_HIGH)):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+        ax.plot(len(SWEEP_HIGH) - 1 + 0.32, -0.28, marker="*", color="k", markersize=10, markeredgecolor="w")
+        ax.set_xticks(range(len(SWEEP_HIGH)), [f"{v:g}" for v in SWEEP_HIGH])
+        ax.set_yticks(range(len(SWEEP_LOW)), [f"{v:g}" for v in SWEEP_LOW])
+        ax.set_xlabel("T_h")
+        ax.set_ylabel("T_l")
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"Odam-NMS thresholds, {Path(summary['model']).name} ({summary['images']} images); "
+                 "★ T_l = 0, T_h = 1 (classical NMS)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=110)
+    plt.close(fig)
+
+
+def _short(r: CrowdResult) -> dict:
+    return {"ap": r.ap, "ji": r.ji, "mr": r.mr, "recall": r.recall, "recall_crowd": r.recall_crowd}
+
+
+def _boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list:
+    table = torch.cat([boxes.detach().cpu().double(), scores.detach().cpu().double()[:, None],
+                       labels.detach().cpu().double()[:, None]], 1)
+    return [[round(v, 3) for v in row] for row in table.tolist()]
+
+
+def _mean(values: list) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _settings(config: NmsConfig, out: Path) -> None:
+    path = out / "config.json"
+    mine = json.loads(json.dumps(asdict(config)))
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in mine.items():
+            if key != "sweep" and before.get(key) != value:
+                raise ValueError(f"{out} holds a run with {key}={before.get(key)!r}, not {value!r}; use another --out")
+        if config.sweep and not before.get("sweep"):
+            raise ValueError(f"{out} holds a run without --sweep; use another --out")
+    else:
+        path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
