@@ -160,7 +160,7 @@ def pair_margin_loss(embeddings: Tensor, gt_index: Tensor, *, image_index: Tenso
                          f"{tuple(gt_index.shape)}")
     if image_index is None:
         image_index = torch.zeros_like(gt_index)
-    e = embeddings.float()
+    e = embeddings if embeddings.dtype == torch.float64 else embeddings.float()  # half precision: in float32
     i, j = torch.triu_indices(len(e), len(e), 1, device=e.device)
     together = image_index[i] == image_index[j]
     i, j = i[together], j[together]

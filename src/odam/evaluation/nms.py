@@ -128,7 +128,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
             row["seconds"][method] = t_trace + t + (t_maps if method == "odam-nms" else 0.0)
             row["keep"][method] = keep.tolist()
             if method == "soft-nms":
-                row["soft_scores"] = [round(float(s), 5) for s in scores]
+                row["soft_scores"] = [round(float(s), 6) for s in scores]
         if featurer is not None:
             started = time.perf_counter()
             ftrace = featurer._candidates_trace(image)
@@ -263,7 +263,7 @@ def _short(r: CrowdResult) -> dict:
 def _boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> list:
     table = torch.cat([boxes.detach().cpu().double(), scores.detach().cpu().double()[:, None],
                        labels.detach().cpu().double()[:, None]], 1)
-    return [[round(v, 3) for v in row] for row in table.tolist()]
+    return [[round(v, 2) for v in row[:4]] + [round(row[4], 6), int(row[5])] for row in table.tolist()]
 
 
 def _mean(values: list) -> float:
