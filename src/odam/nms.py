@@ -38,7 +38,7 @@ from torchvision.ops import nms as _torchvision_nms
 
 #: Short edge, in cells, to which heat maps are averaged before they are compared (paper Sec. 3.3).
 SHORT_EDGE = 50
-_BLOCK = 256
+_BLOCK = 64
 SOFT_METHODS = ("gaussian", "linear")
 #: What can replace a detector's own NMS (``odam.load_detector(..., nms=...)``, ``odam explain --nms``).
 METHODS = ("nms", "soft-nms", "feature-nms", "odam-nms")
@@ -319,27 +319,30 @@ def _order(scores: Tensor) -> Tensor:
     return torch.sort(scores, descending=True, stable=True).indices
 
 
-def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int = _BLOCK) -> Tensor:
+def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int | None = None) -> Tensor:
     """Greedy suppression in ``order``; ``duplicate(rows, cols)`` is ``Tensor[R, C]`` bool for box indices.
 
-    Rows are evaluated in blocks of up to ``block`` candidates alive when the block starts, against every
-    candidate from the block's first one on; the sequential decisions then run on the host.
+    The rows of the next ``block`` candidates still alive are evaluated at once, against every candidate from
+    the first of them on; the sequential decisions then run on the host. A candidate suppressed by an earlier
+    one of its own block wastes its row, at most ``block - 1`` rows per block.
     """
+    block = _BLOCK if block is None else block
     n = len(order)
     alive = np.ones(n, dtype=bool)
     kept: list[int] = []
     start = 0
-    while start < n:
-        stop = min(start + block, n)
-        rows = np.flatnonzero(alive[start:stop]) + start
-        start = stop
-        if len(rows) == 0:
-            continue
+    while True:
+        ahead = np.flatnonzero(alive[start:])
+        if len(ahead) == 0:
+            break
+        rows = ahead[:block] + start
         base = int(rows[0])
         dup = duplicate(order[torch.as_tensor(rows, device=order.device)], order[base:]).cpu().numpy()
         for r, pos in enumerate(rows):
             if not alive[pos]:
                 continue
             kept.append(int(pos))
+            alive[pos] = False  # decided
             alive[pos + 1:] &= ~dup[r, pos + 1 - base:]
+        start = int(rows[-1]) + 1
     return order[torch.as_tensor(kept, dtype=torch.int64, device=order.device)]
