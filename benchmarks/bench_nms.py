@@ -91,7 +91,8 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int) -> d
 def markdown(supp: list[dict], pipes: list[dict], threads: int) -> str:
     lines = [f"`python benchmarks/bench_nms.py` on {platform.machine()} with {threads} threads, torch "
              f"{torch.__version__}.", "",
-             "| candidates | N | kept | `odam_nms` (ms) | `torchvision.ops.nms` (ms) | goal |", "|---|---|---|---|---|---|"]
+             "| candidates | N | kept | `odam_nms` (ms) | `torchvision.ops.nms` (ms) | goal |",
+             "|---|---|---|---|---|---|"]
     for r in supp:
         lines.append(f"| {r['case']} | {r['n']} | {r['kept']} | {r['odam_nms_ms']:.1f} | {r['torchvision_nms_ms']:.1f} "
                      f"| < 20 ms |")

@@ -99,7 +99,7 @@ def _brute_force_k(dt_boxes, gt_boxes) -> int:
     best = (0.0, 0)
     d, g = iou.shape
     for perm in itertools.permutations(range(max(d, g)), d if d <= g else g):
-        pairs = list(zip(range(d), perm)) if d <= g else list(zip(perm, range(g)))
+        pairs = list(zip(range(d), perm, strict=False)) if d <= g else list(zip(perm, range(g), strict=False))
         good = [(i, j) for i, j in pairs if i < d and j < g and iou[i, j] > 0.5]
         best = max(best, (sum(iou[i, j] for i, j in good), len(good)))
     return best[1]

@@ -48,7 +48,7 @@ def _reference_odam_nms(boxes, scores, vectors, t_iou, low, high, labels=None):
                 continue
             iou = _iou(boxes[p], boxes[d])
             corr = _pearson(vectors[p], vectors[d])
-            if iou >= t_iou and corr > low:
+            if iou >= t_iou and corr > low:  # noqa: SIM114 (Algorithm 1's two branches, as written)
                 is_duplicate = True
             elif iou < t_iou and corr > high:
                 is_duplicate = True

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import build
 
 import odam
 from odam.detectors.base import borrowed
 from odam.nms import Suppression, feature_nms, heatmap_vectors, nms, odam_nms, soft_nms
-from tests.conftest import build
 
 
 @pytest.fixture(scope="module")

@@ -395,7 +395,8 @@ def _evaluate_nms(args: argparse.Namespace) -> int:
                + (" --exact-maps" if args.exact_maps else "") + (" --sweep" if args.sweep else "") + "`")
     images = summaries[0]["images"]
     text5 = f"{command} ({images} images)\n\n" + table5(summaries)
-    text7 = f"{command} ({images} images); recall at each method's best-JI score threshold (conf.)\n\n" + table7(summaries)
+    text7 = (f"{command} ({images} images); recall at each method's best-JI score threshold (conf.)\n\n"
+             + table7(summaries))
     print(text5 + "\n\n" + text7)
     if args.write is not None:
         key = args.key or f"nms-{Path(args.data).name}"

@@ -67,8 +67,11 @@ class Suppression:
         max_candidates: at most this many candidates (by score) enter the suppression.
 
     Example:
-        >>> Suppression.parse("odam")
-        Suppression(method='odam-nms', iou_threshold=0.5, low=0.2, high=0.8, distance=1.0, sigma=0.5, soft_method='gaussian', soft_threshold=0.05, short_edge=50, frozen_norm=True, max_candidates=1000)
+        >>> s = Suppression.parse("odam")
+        >>> s.method, s.iou_threshold, s.low, s.high, s.frozen_norm, s.max_candidates
+        ('odam-nms', 0.5, 0.2, 0.8, True, 1000)
+        >>> Suppression.parse("feature-nms").low, Suppression.parse("soft", sigma=0.3).sigma
+        (0.1, 0.3)
     """
 
     method: str = "odam-nms"

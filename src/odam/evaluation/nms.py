@@ -98,8 +98,9 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     if "feature-nms" in config.methods:
         featurer = odam.load_detector(config.feature_model or config.model, nms=config.suppression("feature-nms"))
         if not isinstance(getattr(featurer.model, "embedding_head", None), torch.nn.Module):
-            raise ValueError(f"feature-nms needs a model with an embedding head; {config.feature_model or config.model} "
-                             "has none (pass --feature-model, trained with 'odam train --feature-embedding')")
+            raise ValueError(f"feature-nms needs a model with an embedding head; "
+                             f"{config.feature_model or config.model} has none (pass --feature-model, trained "
+                             "with 'odam train --feature-embedding')")
         featurer.model.to(device)
     explainer = ODAM(detector, frozen_norm=config.frozen_norm)
     todo = [r for r in records if r.id not in done]

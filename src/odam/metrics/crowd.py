@@ -264,7 +264,7 @@ def crowd_metrics(ground_truth: Mapping[str, GroundTruth], detections: Mapping[s
         if ji > best_ji:
             best_ji, best_t = ji, t
     counts = {"total": [0, 0], "sparse": [0, 0], "crowd": [0, 0]}
-    for gt, dets, matched, scores in per_image:
+    for gt, _, matched, scores in per_image:
         ignore = np.asarray(gt.ignore, bool).reshape(-1)
         crowd = crowd_flags(gt)
         found = np.array([m >= 0 and scores[m] > best_t for m in matched], bool)

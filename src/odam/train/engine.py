@@ -471,7 +471,8 @@ def _collate(batch: list) -> tuple:
 
 def _short(name: str) -> str:
     return {"classification": "cls", "bbox_regression": "box", "bbox_ctrness": "ctr", "loss_classifier": "cls",
-            "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn", "embedding": "emb"}.get(name, name)
+            "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn",
+            "embedding": "emb"}.get(name, name)
 
 
 def _gather(obj: Any, world: int) -> list[Any]:
