@@ -35,8 +35,15 @@ def _pearson(u, v) -> float:
     return 0.0 if nu == 0 or nv == 0 else float(u @ v / (nu * nv))
 
 
-def _reference_odam_nms(boxes, scores, vectors, t_iou, low, high, labels=None):
+def _cosine(u, v) -> float:
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    return 0.0 if nu == 0 or nv == 0 else float(u @ v / (nu * nv))
+
+
+def _reference_odam_nms(boxes, scores, vectors, t_iou, low, high, labels=None, corr_fn=None):
     """Algorithm 1 of the paper, one pair at a time."""
+    corr_fn = corr_fn or _pearson
     boxes, vectors = boxes.tolist(), vectors.tolist()
     P = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))  # SORT(P); stable: ties in index order
     D = []
@@ -47,7 +54,7 @@ def _reference_odam_nms(boxes, scores, vectors, t_iou, low, high, labels=None):
             if labels is not None and labels[p] != labels[d]:
                 continue
             iou = _iou(boxes[p], boxes[d])
-            corr = _pearson(vectors[p], vectors[d])
+            corr = corr_fn(vectors[p], vectors[d])
             if iou >= t_iou and corr > low:  # noqa: SIM114 (Algorithm 1's two branches, as written)
                 is_duplicate = True
             elif iou < t_iou and corr > high:
@@ -116,6 +123,14 @@ def test_odam_nms_matches_algorithm_1(seed: int) -> None:
     for t_iou, low, high in [(0.5, 0.2, 0.8), (0.3, 0.0, 1.0), tuple(sorted(g.uniform(0, 1, 3)))]:
         got = odam_nms(boxes, scores, vectors, t_iou, low, high).tolist()
         assert got == _reference_odam_nms(boxes, scores, vectors, t_iou, low, high)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_odam_nms_by_cosine(seed: int) -> None:
+    boxes, scores, vectors = _crowd(seed, 120)
+    got = odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97, centred=False).tolist()
+    assert got == _reference_odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97, corr_fn=_cosine)
+    assert got != odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97).tolist()  # the two measures differ here
 
 
 def test_odam_nms_blocks_agree_with_one_block(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -218,6 +218,10 @@ def _evaluate_parser(sub: Any) -> None:
     nm.add_argument("--high", type=float, default=n.high, metavar="T", help=f"Odam-NMS T_h (default {n.high})")
     nm.add_argument("--exact-maps", action="store_true",
                     help="Odam-NMS maps with exact gradients through GroupNorm (slower; default: frozen statistics)")
+    nm.add_argument("--short-edge", type=int, default=n.short_edge, metavar="N",
+                    help=f"Odam-NMS compares maps averaged to a short edge of N cells (default {n.short_edge})")
+    nm.add_argument("--cosine", action="store_true",
+                    help="Odam-NMS compares maps by plain cosine instead of Pearson correlation")
     nm.add_argument("--sweep", action="store_true", help="also sweep T_l x T_h (Fig. 9)")
     nm.add_argument("--out", required=True, type=Path, help="output directory; an existing run there is resumed")
     nm.add_argument("--write", type=Path, default=None, metavar="FILE",
@@ -387,12 +391,17 @@ def _evaluate_nms(args: argparse.Namespace) -> int:
     for spec, feature in zip(args.model, features, strict=True):
         config = NmsConfig(data=str(args.data), model=spec, feature_model=feature, methods=methods,
                            max_images=args.max_images, low=args.low, high=args.high, frozen_norm=not args.exact_maps,
-                           max_candidates=args.max_candidates, sweep=args.sweep)
+                           short_edge=args.short_edge, centred=not args.cosine, max_candidates=args.max_candidates,
+                           sweep=args.sweep)
         summaries.append(run(config, args.out / Path(spec).name, device=device))
     command = (f"`odam evaluate nms --data {args.data} --model {' '.join(args.model)}"
                + (f" --feature-model {' '.join(args.feature_model)}" if args.feature_model else "")
                + f" --methods {','.join(methods)}" + (f" --max-images {args.max_images}" if args.max_images else "")
-               + (" --exact-maps" if args.exact_maps else "") + (" --sweep" if args.sweep else "") + "`")
+               + (f" --low {args.low:g} --high {args.high:g}" if (args.low, args.high) != (0.2, 0.8) else "")
+               + (f" --max-candidates {args.max_candidates}" if args.max_candidates != 1000 else "")
+               + (f" --short-edge {args.short_edge}" if args.short_edge != 50 else "")
+               + (" --cosine" if args.cosine else "") + (" --exact-maps" if args.exact_maps else "")
+               + (" --sweep" if args.sweep else "") + "`")
     images = summaries[0]["images"]
     text5 = f"{command} ({images} images)\n\n" + table5(summaries)
     text7 = (f"{command} ({images} images); recall at each method's best-JI score threshold (conf.)\n\n"

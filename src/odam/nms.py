@@ -61,6 +61,7 @@ class Suppression:
         distance: ``"feature-nms"``'s embedding distance.
         sigma, soft_method, soft_threshold: ``"soft-nms"``'s settings.
         short_edge: ``"odam-nms"``'s heat-map resolution.
+        centred: ``"odam-nms"`` compares maps by Pearson correlation (``True``) or plain cosine.
         frozen_norm: ``"odam-nms"`` computes the maps with ``ODAM(frozen_norm=...)``: ``True`` (the default)
             holds FCOS's GroupNorm statistics fixed, which is many times faster on a CPU and approximates the
             gradients; ``False`` is exact.
@@ -83,6 +84,7 @@ class Suppression:
     soft_method: str = "gaussian"
     soft_threshold: float = 0.05
     short_edge: int = SHORT_EDGE
+    centred: bool = True
     frozen_norm: bool = True
     max_candidates: int = 1000
 
@@ -129,25 +131,28 @@ def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:
     return F.adaptive_avg_pool2d(maps[:, None].float(), size).flatten(1)
 
 
-def correlation(vectors: Tensor) -> Tensor:
-    """Pairwise normalised (Pearson) correlation ``Tensor[N, N]`` of heat-map vectors ``Tensor[N, D]``.
+def correlation(vectors: Tensor, centred: bool = True) -> Tensor:
+    """Pairwise normalised (Pearson) correlation ``Tensor[N, N]`` of heat-map vectors ``Tensor[N, D]``;
+    ``centred=False`` gives the plain cosine instead.
 
-    A constant vector correlates 0 with everything, itself included.
+    A constant vector correlates 0 with everything, itself included (for the cosine: an all-zero vector).
 
     Example:
         >>> correlation(torch.tensor([[1.0, 0, 0, 1], [3.0, 1, 1, 3], [0.0, 1, 1, 0], [2.0, 2, 2, 2]])).tolist()
         [[1.0, 1.0, -1.0, 0.0], [1.0, 1.0, -1.0, 0.0], [-1.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     """
-    unit = _unit(vectors)
+    unit = _unit(vectors, centred)
     return (unit @ unit.T).clamp(-1, 1)
 
 
-def _unit(vectors: Tensor) -> Tensor:
+def _unit(vectors: Tensor, centred: bool = True) -> Tensor:
     x = vectors.float()
-    centred = x - x.mean(1, keepdim=True)
-    norm = centred.norm(dim=1, keepdim=True)
+    if not centred:
+        return F.normalize(x, dim=1)
+    centred_x = x - x.mean(1, keepdim=True)
+    norm = centred_x.norm(dim=1, keepdim=True)
     flat = norm <= 1e-6 * x.abs().amax(1, keepdim=True).clamp_min(1e-30)  # constant up to rounding
-    return torch.where(flat, torch.zeros_like(centred), centred / norm.clamp_min(1e-30))
+    return torch.where(flat, torch.zeros_like(centred_x), centred_x / norm.clamp_min(1e-30))
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
@@ -168,7 +173,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
 
 
 def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: float = 0.5, low: float = 0.2,
-             high: float = 0.8) -> Tensor:
+             high: float = 0.8, *, centred: bool = True) -> Tensor:
     """Odam-NMS (Algorithm 1): suppress by box IoU *and* heat-map correlation.
 
     A candidate is a duplicate of a kept box when IoU >= ``iou_threshold`` and corr > ``low`` (overlapping and
@@ -182,6 +187,7 @@ def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: floa
         vectors: ``Tensor[N, D]``, each box's ODAM score map made by :func:`heatmap_vectors`.
         iou_threshold: ``T_iou``.
         low, high: ``T^l`` and ``T^h``; the paper's defaults.
+        centred: Pearson correlation (the default); ``False`` compares by plain cosine.
 
     Returns:
         ``Tensor[K]`` int64: the kept indices, by descending score.
@@ -194,11 +200,11 @@ def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: floa
         >>> odam_nms(boxes, torch.tensor([0.9, 0.8, 0.7, 0.6]), maps.flatten(1)).tolist()
         [0, 1]
     """
-    return _odam(boxes, scores, vectors, None, iou_threshold, low, high)
+    return _odam(boxes, scores, vectors, None, iou_threshold, low, high, centred)
 
 
 def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor, iou_threshold: float = 0.5,
-                     low: float = 0.2, high: float = 0.8) -> Tensor:
+                     low: float = 0.2, high: float = 0.8, *, centred: bool = True) -> Tensor:
     """:func:`odam_nms` within each class ``idxs`` (``Tensor[N]`` int64); boxes of different classes never
     suppress each other.
 
@@ -208,15 +214,15 @@ def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tenso
         [0, 1]
     """
     _check(boxes, scores, idxs)
-    return _odam(boxes, scores, vectors, idxs, iou_threshold, low, high)
+    return _odam(boxes, scores, vectors, idxs, iou_threshold, low, high, centred)
 
 
 def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, iou_threshold: float, low: float,
-          high: float) -> Tensor:
+          high: float, centred: bool) -> Tensor:
     _check(boxes, scores)
     if vectors.ndim != 2 or len(vectors) != len(boxes):
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
-    unit = _unit(vectors.to(boxes.device))
+    unit = _unit(vectors.to(boxes.device), centred)
     b = boxes.float()
 
     def duplicate(rows: Tensor, cols: Tensor) -> Tensor:

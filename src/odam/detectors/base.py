@@ -412,7 +412,8 @@ def _kept(cands: Detections, config: Suppression, vectors: Tensor | None, embedd
         if config.method == "nms":
             keep = ops.nms(boxes, s, config.iou_threshold)
         elif config.method == "odam-nms":
-            keep = ops.odam_nms(boxes, s, vectors[idx], config.iou_threshold, config.low, config.high)
+            keep = ops.odam_nms(boxes, s, vectors[idx], config.iou_threshold, config.low, config.high,
+                                centred=config.centred)
         elif config.method == "feature-nms":
             keep = ops.feature_nms(boxes, s, embeddings[idx], config.low, config.high, config.distance)
         else:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ class NmsConfig:
     low: float = 0.2
     high: float = 0.8
     frozen_norm: bool = True
+    short_edge: int = 50
+    centred: bool = True
     max_candidates: int = 1000
     sweep: bool = False
     extra: dict = field(default_factory=dict)
@@ -70,7 +72,7 @@ class NmsConfig:
 
     def suppression(self, method: str) -> Suppression:
         common = {"iou_threshold": self.iou_threshold, "max_candidates": self.max_candidates,
-                  "frozen_norm": self.frozen_norm}
+                  "frozen_norm": self.frozen_norm, "short_edge": self.short_edge, "centred": self.centred}
         if method == "odam-nms":
             return Suppression(method, low=self.low, high=self.high, **common)
         if method == "soft-nms":
@@ -117,7 +119,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
         vectors = None
         if "odam-nms" in config.methods or config.sweep:
             started = time.perf_counter()
-            vectors = explainer._vectors(trace, cands, 50)
+            vectors = explainer._vectors(trace, cands, config.short_edge)
             t_maps = time.perf_counter() - started
         for method in config.methods:
             if method == "feature-nms":
@@ -144,7 +146,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
             row["sweep"] = {}
             for lo in SWEEP_LOW:
                 for hi in SWEEP_HIGH:
-                    s = Suppression("odam-nms", iou_threshold=config.iou_threshold, low=lo, high=hi)
+                    s = replace(config.suppression("odam-nms"), low=lo, high=hi)
                     keep, _ = _kept(cands, s, vectors, None)
                     row["sweep"][f"{lo:g},{hi:g}"] = keep[: trace._state["max_detections"]].tolist()
         row["timed"] = not warm
@@ -204,8 +206,8 @@ def table5(summaries: list[dict]) -> str:
     lines = ["| model | method | AP ↑ | JI ↑ | MR⁻² ↓ | Recall | s/img |", "|---|---|---|---|---|---|---|"]
     for s in summaries:
         for method, m in s["methods"].items():
-            lines.append(f"| {Path(s['model']).name} | {LABELS[method]} | {100 * m['ap']:.1f} | {100 * m['ji']:.1f} | "
-                         f"{100 * m['mr']:.1f} | {100 * m['recall']:.1f} | {m['seconds']:.3f} |")
+            lines.append(f"| {Path(s['model']).name} | {_label(s, method)} | {100 * m['ap']:.1f} | "
+                         f"{100 * m['ji']:.1f} | {100 * m['mr']:.1f} | {100 * m['recall']:.1f} | {m['seconds']:.3f} |")
     return "\n".join(lines)
 
 
@@ -219,7 +221,7 @@ def table7(summaries: list[dict]) -> str:
                      f"{first['gt_crowd']} |")
         for method, m in s["methods"].items():
             cells = [f"{m[f'matched_{k}']} ({100 * m[f'recall_{k}']:.1f}%)" for k in ("total", "sparse", "crowd")]
-            lines.append(f"| {Path(s['model']).name} | {LABELS[method]} | {m['ji_threshold']:.1f} | "
+            lines.append(f"| {Path(s['model']).name} | {_label(s, method)} | {m['ji_threshold']:.1f} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -257,6 +259,12 @@ def write_sweep(summary: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _label(summary: dict, method: str) -> str:
+    if method == "feature-nms" and summary.get("feature_model"):
+        return f"{LABELS[method]} ({Path(summary['feature_model']).name})"
+    return LABELS[method]
+
+
 def _short(r: CrowdResult) -> dict:
     return {"ap": r.ap, "ji": r.ji, "mr": r.mr, "recall": r.recall, "recall_crowd": r.recall_crowd}
 
@@ -276,9 +284,11 @@ def _settings(config: NmsConfig, out: Path) -> None:
     mine = json.loads(json.dumps(asdict(config)))
     if path.exists():
         before = json.loads(path.read_text(encoding="utf-8"))
+        defaults = json.loads(json.dumps(asdict(NmsConfig(data="", model=""))))  # for settings added since
         for key, value in mine.items():
-            if key != "sweep" and before.get(key) != value:
-                raise ValueError(f"{out} holds a run with {key}={before.get(key)!r}, not {value!r}; use another --out")
+            if key != "sweep" and before.get(key, defaults[key]) != value:
+                raise ValueError(f"{out} holds a run with {key}={before.get(key, defaults[key])!r}, not {value!r}; "
+                                 "use another --out")
         if config.sweep and not before.get("sweep"):
             raise ValueError(f"{out} holds a run without --sweep; use another --out")
     else:
