@@ -12,8 +12,8 @@ import odam
 from odam.cli import main
 from odam.data.io import read_dataset
 from odam.data.synthcrowd import generate
-from odam.evaluation.nms import NmsConfig, detections, ground_truth, run
-from odam.metrics.crowd import crowd_metrics
+from odam.evaluation.nms import NmsConfig, detections, run
+from odam.metrics.crowd import DetectionSet, GroundTruth, crowd_metrics
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,21 @@ def test_runner_matches_the_adapter_and_resumes(data, tmp_path) -> None:
     first = run(config, out, progress=False)
     rows = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     records = read_dataset(data).images[:2]
-    # each method's detections are what load_detector(..., nms=...) returns on the image
+    # each method's detections are what load_detector(..., nms=...) returns on the image, and the metrics are
+    # those of the adapter's detections against the dataset's own (clipped) boxes
+    gt = {str(r.id): GroundTruth(np.clip(r.boxes, 0, 160).astype(float), r.ignore.copy()) for r in records}
     for method in config.methods:
         found = detections(rows, method)
         detector = odam.load_detector("synthcrowd-fcos", nms=config.suppression(method))
+        adapter = {}
         for record in records:
             got = detector.detect(odam.load_image(record.file))
             np.testing.assert_allclose(found[str(record.id)].boxes, got.boxes.double().numpy(), atol=6e-3)
             np.testing.assert_allclose(found[str(record.id)].scores, got.scores.double().numpy(), atol=1e-6)
-        expected = crowd_metrics(ground_truth(records), found)
-        assert first["methods"][method]["ji"] == expected.ji and first["methods"][method]["ap"] == expected.ap
+            adapter[str(record.id)] = DetectionSet(got.boxes.double().numpy(), got.scores.double().numpy())
+        expected = crowd_metrics(gt, adapter)
+        for key in ("ap", "ji", "mr", "recall", "recall_crowd"):
+            assert first["methods"][method][key] == pytest.approx(getattr(expected, key), abs=1e-9), (method, key)
     assert len(first["sweep"]) == 36
     assert len((out / "sweep.csv").read_text().splitlines()) == 37 and (out / "sweep.png").stat().st_size > 0
     # a kill in the middle of the second image's line: the rerun redoes that image only
@@ -58,6 +63,9 @@ def test_runner_matches_the_adapter_and_resumes(data, tmp_path) -> None:
     with pytest.raises(ValueError, match="holds a run with max_candidates=80, not 90"):
         run(NmsConfig(data=str(data), model="synthcrowd-fcos", methods=config.methods, max_images=2,
                       max_candidates=90, sweep=True), out, progress=False)
+    with pytest.raises(ValueError, match="holds a run with sweep=True, not False"):
+        run(NmsConfig(data=str(data), model="synthcrowd-fcos", methods=("nms", "soft", "odam"), max_images=2,
+                      max_candidates=80), out, progress=False)
 
 
 def test_feature_nms_uses_the_feature_model(data, tmp_path) -> None:

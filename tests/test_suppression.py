@@ -142,3 +142,31 @@ def test_frozen_norm_changes_nothing_without_groupnorm(image: torch.Tensor) -> N
     exact = odam.ODAM(model).explain(image).maps
     frozen = odam.ODAM(model, frozen_norm=True).explain(image).maps
     torch.testing.assert_close(frozen, exact)
+
+
+def test_odam_nms_restores_the_model_after_an_error(crowd_image: torch.Tensor) -> None:
+    model = odam.load_detector("synthcrowd-fcos").model.train()
+    model.head.requires_grad_(False)
+    norm = model.head.regression_head.conv[1]
+
+    def failing(module, args):  # fail while the frozen-GroupNorm patch is installed
+        if "forward" in vars(module):
+            raise RuntimeError("boom")
+
+    handle = norm.register_forward_pre_hook(failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        odam.wrap_detector(model, nms="odam").detect(crowd_image)
+    assert model.training and not any(p.requires_grad for p in model.head.parameters())
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert list(norm._forward_pre_hooks) == [handle.id]
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 1
+    handle.remove()
+
+
+def test_odam_nms_decides_on_the_default_maps_whatever_layer_is_explained(crowd_image: torch.Tensor) -> None:
+    detector = odam.load_detector("synthcrowd-fcos", nms=Suppression("odam-nms", max_candidates=100))
+    default = detector.detect(crowd_image)
+    other = detector.trace(crowd_image, layer="backbone.body.c4").detections
+    torch.testing.assert_close(other.boxes, default.boxes)
+    explanation = odam.ODAM(detector, layer="backbone.body.c4").explain(crowd_image, detections=default[:2])
+    assert explanation.maps.shape[0] == 2

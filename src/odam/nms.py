@@ -12,10 +12,10 @@ before it, and kept otherwise. Only what makes two boxes duplicates differs:
 * :func:`feature_nms` (Salscheider 2021): IoU > ``high``, or ``low`` <= IoU <= ``high`` and the distance between
   the two boxes' learned embeddings is at most ``distance``.
 
-The greedy pass builds the pairwise IoU (and correlation or distance) rows in blocks, on the caller's device,
-only for candidates still alive when their block comes up, so each matrix entry is computed at most once and
-the suppressed candidates' rows never are. The ``batched_*`` variants never let boxes of different classes
-suppress each other.
+The greedy pass builds the pairwise IoU (and correlation or distance) rows in blocks, on the caller's device: the
+rows of the next 64 candidates still alive, against every later candidate. A candidate suppressed before its block
+comes up never gets a row; one suppressed by an earlier member of its own block wastes its row. The ``batched_*``
+variants never let boxes of different classes suppress each other.
 
 **The correlation** (:func:`correlation`) is Pearson's: the cosine of the mean-centred heat-map vectors. The
 paper calls it "normalized correlation". Centring matters here: ODAM maps are non-negative, so the plain cosine

@@ -300,7 +300,11 @@ class DetectorAdapter(abc.ABC):
         """Run the detector once and keep what explainers need. ``layer`` picks the explained feature map."""
         trace = self._candidates_trace(image, layer)
         if self.nms is not None:
-            trace.detections = _suppress(trace, self.nms)
+            # Odam-NMS always compares the default maps (what the method is defined on), whatever ``layer``
+            # the caller explains: the candidates, and so the kept ones, are the same in both traces.
+            default = layer is None or (isinstance(layer, str) and layer == "fpn")
+            basis = trace if default or self.nms.method != "odam-nms" else self._candidates_trace(image, None)
+            trace.detections = _suppress(basis, self.nms, detections=trace.detections)
         return trace
 
     def _candidates_trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
@@ -380,9 +384,10 @@ class DetectorAdapter(abc.ABC):
 
 
 def _suppress(trace: Trace, config: Suppression, vectors: Tensor | None = None,
-              embeddings: Tensor | None = None) -> Detections:
+              embeddings: Tensor | None = None, detections: Detections | None = None) -> Detections:
     """Apply ``config`` to the candidates in ``trace.detections``; ``vectors`` (Odam-NMS) and ``embeddings``
-    (FeatureNMS) are computed from the trace unless given."""
+    (FeatureNMS) are computed from the trace unless given. The kept ones are taken from ``detections`` (the
+    same candidates from another trace of the same image) when given."""
     cands = trace.detections
     if len(cands) == 0:
         return cands
@@ -395,7 +400,8 @@ def _suppress(trace: Trace, config: Suppression, vectors: Tensor | None = None,
     keep, scores = _kept(cands, config, vectors, embeddings)
     cap = int(trace._state.get("max_detections", len(keep)))
     keep, scores = keep[:cap], scores[:cap]
-    return Detections(cands.boxes[keep], scores, cands.labels[keep], cands.levels[keep], cands.indices[keep])
+    source = cands if detections is None else detections
+    return Detections(source.boxes[keep], scores, source.labels[keep], source.levels[keep], source.indices[keep])
 
 
 def _kept(cands: Detections, config: Suppression, vectors: Tensor | None, embeddings: Tensor | None

@@ -28,6 +28,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from odam._patching import patch as _patch
 from odam.detectors.base import (
     Candidates,
     DetectorAdapter,
@@ -370,27 +371,26 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
     if stats is None:
         yield
         return
-    patched = []
-    for m in head.modules():
-        if isinstance(m, nn.GroupNorm):
-            mean, rstd = stats[id(m)]
-
-            def forward(x: Tensor, m: nn.GroupNorm = m, mean: Tensor = mean, rstd: Tensor = rstd) -> Tensor:
-                b, c = x.shape[:2]
-                y = (x.reshape(b, m.num_groups, -1) - mean[..., None]) * rstd[..., None]
-                y = y.reshape(x.shape)
-                if m.affine:
-                    shape = (1, c) + (1,) * (x.ndim - 2)
-                    y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
-                return y
-
-            patched.append(m)
-            m.forward = forward
+    undo = []
     try:
+        for m in head.modules():
+            if isinstance(m, nn.GroupNorm):
+                mean, rstd = stats[id(m)]
+
+                def forward(x: Tensor, m: nn.GroupNorm = m, mean: Tensor = mean, rstd: Tensor = rstd) -> Tensor:
+                    b, c = x.shape[:2]
+                    y = (x.reshape(b, m.num_groups, -1) - mean[..., None]) * rstd[..., None]
+                    y = y.reshape(x.shape)
+                    if m.affine:
+                        shape = (1, c) + (1,) * (x.ndim - 2)
+                        y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
+                    return y
+
+                undo.append(_patch(m, "forward", forward))
         yield
     finally:
-        for m in patched:
-            del m.forward
+        for restore in reversed(undo):
+            restore()
 
 
 class CropGroup(MapGroup):

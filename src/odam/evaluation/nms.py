@@ -10,7 +10,8 @@ threshold 0.05) and FeatureNMS's IoU range (0.1, 0.9) and distance 1.0, as in th
 
 Seconds per image are for the whole pipeline of each method, as the paper's Table 5 times them: the detector's
 forward pass (same for all), plus the ODAM maps of every candidate for Odam-NMS (or the embeddings for
-FeatureNMS), plus the suppression itself. The first image is not timed (warm-up).
+FeatureNMS), plus the suppression itself. The first image of each process is not timed (warm-up); on CUDA the
+clock is read after the device has finished. Each image's row records its device.
 
 ``sweep=True`` also runs Odam-NMS over ``T_l`` in 0, 0.1, ..., 0.5 and ``T_h`` in 0.5, 0.6, ..., 1.0 (Fig. 9) on the
 same maps; ``T_l = 0, T_h = 1`` is the point the paper calls classical NMS.
@@ -59,6 +60,16 @@ class NmsConfig:
     sweep: bool = False
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # method aliases ("odam", "soft", ...) become their names
+        names = []
+        for m in self.methods:
+            try:
+                names.append(Suppression.parse(m).method)
+            except ValueError:
+                names.append(m)  # reported by check()
+        object.__setattr__(self, "methods", tuple(names))
+
     def check(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
@@ -75,8 +86,6 @@ class NmsConfig:
                   "frozen_norm": self.frozen_norm, "short_edge": self.short_edge, "centred": self.centred}
         if method == "odam-nms":
             return Suppression(method, low=self.low, high=self.high, **common)
-        if method == "soft-nms":
-            return Suppression(method, **{**common, "iou_threshold": 0.3})  # only the linear variant uses it
         return Suppression(method, **common)
 
 
@@ -91,6 +100,9 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     out.mkdir(parents=True, exist_ok=True)
     _settings(config, out)
     data = read_dataset(config.data)
+    if len(data.categories) != 1:
+        raise ValueError(f"evaluate nms measures one class (CrowdHuman's person); {config.data} has "
+                         f"{len(data.categories)} categories: {', '.join(data.categories)}")
     records = data.images[: config.max_images] if config.max_images else data.images
     journal = out / "images.jsonl"
     done = image_rows(journal)
@@ -107,38 +119,45 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     explainer = ODAM(detector, frozen_norm=config.frozen_norm)
     todo = [r for r in records if r.id not in done]
     warm = True  # the first image of each process is not timed
+    device = torch.device(device)
+
+    def clock() -> float:  # wall time after the device has finished what was queued
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     for record in tqdm(todo, desc=f"nms {Path(config.model).name}", unit="image", disable=not progress,
                        dynamic_ncols=True):
         image = odam.load_image(record.file)
-        row: dict = {"image_id": record.id, "seconds": {}, "keep": {}}
-        started = time.perf_counter()
+        row: dict = {"image_id": record.id, "device": str(device), "seconds": {}, "keep": {}}
+        started = clock()
         trace = detector._candidates_trace(image)
         cands = trace.detections
-        t_trace = time.perf_counter() - started
+        t_trace = clock() - started
         row["candidates"] = _boxes(cands.boxes, cands.scores, cands.labels)
         vectors = None
         if "odam-nms" in config.methods or config.sweep:
-            started = time.perf_counter()
+            started = clock()
             vectors = explainer._vectors(trace, cands, config.short_edge)
-            t_maps = time.perf_counter() - started
+            t_maps = clock() - started
         for method in config.methods:
             if method == "feature-nms":
                 continue
-            started = time.perf_counter()
+            started = clock()
             keep, scores = _kept(cands, config.suppression(method), vectors, None)
             keep, scores = keep[: trace._state["max_detections"]], scores[: trace._state["max_detections"]]
-            t = time.perf_counter() - started
+            t = clock() - started
             row["seconds"][method] = t_trace + t + (t_maps if method == "odam-nms" else 0.0)
             row["keep"][method] = keep.tolist()
             if method == "soft-nms":
                 row["soft_scores"] = [round(float(s), 6) for s in scores]
         if featurer is not None:
-            started = time.perf_counter()
+            started = clock()
             ftrace = featurer._candidates_trace(image)
             emb = featurer.embeddings(ftrace, ftrace.detections)
             keep, _ = _kept(ftrace.detections, config.suppression("feature-nms"), None, emb)
             keep = keep[: ftrace._state["max_detections"]]
-            row["seconds"]["feature-nms"] = time.perf_counter() - started
+            row["seconds"]["feature-nms"] = clock() - started
             row["feature_candidates"] = _boxes(ftrace.detections.boxes, ftrace.detections.scores,
                                                ftrace.detections.labels)
             row["keep"]["feature-nms"] = keep.tolist()
@@ -190,7 +209,7 @@ def summarize(config: NmsConfig, records: list, rows: list[dict]) -> dict:
     gt = ground_truth([r for r in records if r.id in ids])
     summary: dict = {"data": config.data, "model": config.model, "feature_model": config.feature_model,
                      "images": len(rows), "candidates_per_image": _mean([len(r["candidates"]) for r in rows]),
-                     "methods": {}}
+                     "devices": sorted({r.get("device", "cpu") for r in rows}), "methods": {}}
     for method in config.methods:
         result = crowd_metrics(gt, detections(rows, method))
         timed = [r["seconds"][method] for r in rows if r.get("timed", True)]
@@ -286,10 +305,8 @@ def _settings(config: NmsConfig, out: Path) -> None:
         before = json.loads(path.read_text(encoding="utf-8"))
         defaults = json.loads(json.dumps(asdict(NmsConfig(data="", model=""))))  # for settings added since
         for key, value in mine.items():
-            if key != "sweep" and before.get(key, defaults[key]) != value:
+            if before.get(key, defaults[key]) != value:
                 raise ValueError(f"{out} holds a run with {key}={before.get(key, defaults[key])!r}, not {value!r}; "
                                  "use another --out")
-        if config.sweep and not before.get("sweep"):
-            raise ValueError(f"{out} holds a run without --sweep; use another --out")
     else:
         path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")

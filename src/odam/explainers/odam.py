@@ -67,7 +67,9 @@ class GradientExplainer:
         names = _check_targets(targets, self.detector.targets)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(f"{type(self).__name__} needs gradients: call explain() outside torch.inference_mode()")
-        trace = self.detector.trace(image, self.layer)
+        # Given detections need no suppression: their trace is the one before it (the same forward pass).
+        trace = (self.detector.trace(image, self.layer) if detections is None
+                 else self.detector._candidates_trace(image, self.layer))
         dets = trace.detections if detections is None else detections
         if not isinstance(dets, Detections):
             raise ValueError(f"detections must be odam.Detections, got {type(dets).__name__}")

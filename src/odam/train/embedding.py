@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
+from odam._patching import patch as _patch
 from odam.losses import pair_margin_loss
-from odam.train.odam_train import _patch
 
 
 class EmbeddingTrainer:

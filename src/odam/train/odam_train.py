@@ -40,9 +40,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN
 from torchvision.ops import box_iou
 
+from odam._patching import patch as _patch
 from odam.losses import NEGATIVES, odam_train_loss
-
-_MISSING = object()
 
 
 @dataclass
@@ -385,16 +384,3 @@ def _paste(maps: Tensor, boxes: Tensor, size: tuple[int, int], stride: float) ->
     gy = 2 * (ys[None] - boxes[:, 1:2]) / (boxes[:, 3:4] - boxes[:, 1:2]).clamp_min(1e-6) - 1
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
     return F.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
-
-
-def _patch(obj: Any, name: str, value: Any) -> Any:
-    """Set ``obj.name = value`` on the instance; returns the undo."""
-    before = obj.__dict__.get(name, _MISSING)
-    setattr(obj, name, value)
-
-    def undo() -> None:
-        if before is _MISSING:
-            delattr(obj, name)
-        else:
-            setattr(obj, name, before)
-    return undo
