@@ -52,7 +52,8 @@ WEIGHTS: tuple[str, ...] = ("default", "none")
 
 #: Detectors trained by odam and shipped inside the package (see docs/MODELS.md).
 BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn", "synthcrowd-fcos-odamtrain",
-                           "synthcrowd-fasterrcnn-odamtrain")
+                           "synthcrowd-fasterrcnn-odamtrain", "synthcrowd-fcos-featurenms",
+                           "synthcrowd-fasterrcnn-featurenms")
 
 _PREFIX = "torchvision:"
 _ODAM = "odam:"
