@@ -131,6 +131,7 @@ def _evaluate_parser(sub: Any) -> None:
                           "these score thresholds")
     det.add_argument("--write", type=Path, default=None, metavar="FILE",
                      help="also replace the detector table block of this Markdown file")
+    det.add_argument("--key", default="detectors", help="name of that block (default: detectors)")
     det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     det.set_defaults(run=_evaluate_detector)
 
@@ -304,7 +305,7 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
                  + "\n".join(errors))
     print(text)
     if args.write is not None:
-        write_block(args.write, "detectors", text)
+        write_block(args.write, args.key, text)
     return 0
 
 
