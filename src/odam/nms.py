@@ -13,9 +13,9 @@ before it, and kept otherwise. Only what makes two boxes duplicates differs:
   the two boxes' learned embeddings is at most ``distance``.
 
 The greedy pass builds the pairwise IoU (and correlation or distance) rows in blocks, on the caller's device: the
-rows of the next 64 candidates still alive, against every later candidate. A candidate suppressed before its block
-comes up never gets a row; one suppressed by an earlier member of its own block wastes its row. The ``batched_*``
-variants never let boxes of different classes suppress each other.
+rows of the next 64 candidates still alive, against every later candidate still alive. A candidate suppressed
+before its block comes up never gets a row; one suppressed by an earlier member of its own block wastes its row.
+The ``batched_*`` variants never let boxes of different classes suppress each other.
 
 **The correlation** (:func:`correlation`) is Pearson's: the cosine of the mean-centred heat-map vectors. The
 paper calls it "normalized correlation". Centring matters here: ODAM maps are non-negative, so the plain cosine
@@ -331,9 +331,9 @@ def _order(scores: Tensor) -> Tensor:
 def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int | None = None) -> Tensor:
     """Greedy suppression in ``order``; ``duplicate(rows, cols)`` is ``Tensor[R, C]`` bool for box indices.
 
-    The rows of the next ``block`` candidates still alive are evaluated at once, against every candidate from
-    the first of them on; the sequential decisions then run on the host. A candidate suppressed by an earlier
-    one of its own block wastes its row, at most ``block - 1`` rows per block.
+    The rows of the next ``block`` candidates still alive are evaluated at once, against every candidate still
+    alive from the first of them on; the sequential decisions then run on the host. A candidate suppressed by an
+    earlier one of its own block wastes its row, at most ``block - 1`` rows per block.
     """
     block = _BLOCK if block is None else block
     n = len(order)
@@ -345,13 +345,15 @@ def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block:
         if len(ahead) == 0:
             break
         rows = ahead[:block] + start
-        base = int(rows[0])
-        dup = duplicate(order[torch.as_tensor(rows, device=order.device)], order[base:]).cpu().numpy()
+        cols = ahead + start  # every candidate still alive from the block's first one on
+        dup = duplicate(order[torch.as_tensor(rows, device=order.device)],
+                        order[torch.as_tensor(cols, device=order.device)]).cpu().numpy()
         for r, pos in enumerate(rows):
             if not alive[pos]:
                 continue
             kept.append(int(pos))
             alive[pos] = False  # decided
-            alive[pos + 1:] &= ~dup[r, pos + 1 - base:]
+            later = cols > pos
+            alive[cols[later]] &= ~dup[r, later]
         start = int(rows[-1]) + 1
     return order[torch.as_tensor(kept, dtype=torch.int64, device=order.device)]
