@@ -33,7 +33,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from odam.evaluation.journal import append_row, image_rows
+from odam.evaluation.journal import append_row, check_settings, image_rows
 
 KINDS = ("same", "different")
 MEASURES = ("pearson", "cosine")
@@ -124,17 +124,7 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
 
     config.check()
     out.mkdir(parents=True, exist_ok=True)
-    settings = out / "config.json"
-    mine = asdict(config)
-    if settings.exists():
-        before = json.loads(settings.read_text(encoding="utf-8"))
-        defaults = asdict(CorrelationConfig(data="", model=""))  # for settings added since
-        for key, value in mine.items():
-            if before.get(key, defaults[key]) != value:
-                raise ValueError(f"{out} holds a run with {key}={before.get(key)!r}, not {value!r}; "
-                                 "use another --out")
-    else:
-        settings.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+    check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")))
     data = read_dataset(config.data)
     records = data.images[: config.max_images]
     journal = out / "images.jsonl"

@@ -39,3 +39,20 @@ def append_row(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def check_settings(out: Path, settings: dict, defaults: dict) -> None:
+    """Write ``out/config.json`` for a new run, or check that a rerun in ``out`` agrees with it on every setting
+    (a setting the stored run lacks, added since, counts as its value in ``defaults``). ``ValueError`` names the
+    first that differs."""
+    path = out / "config.json"
+    mine = json.loads(json.dumps(settings))  # tuples become lists, as they were stored
+    if not path.exists():
+        path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    defaults = json.loads(json.dumps(defaults))
+    for key, value in mine.items():
+        stored = before.get(key, defaults.get(key))
+        if stored != value:
+            raise ValueError(f"{out} holds a run with {key}={stored!r}, not {value!r}; use another --out")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from odam.evaluation.journal import append_row, image_rows
+from odam.evaluation.journal import append_row, check_settings, image_rows
 from odam.metrics.crowd import CrowdResult, DetectionSet, GroundTruth, crowd_metrics
 from odam.nms import METHODS, Suppression
 
@@ -98,7 +98,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
 
     config.check()
     out.mkdir(parents=True, exist_ok=True)
-    _settings(config, out)
+    check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")))
     data = read_dataset(config.data)
     if len(data.categories) != 1:
         raise ValueError(f"evaluate nms measures one class (CrowdHuman's person); {config.data} has "
@@ -296,17 +296,3 @@ def _boxes(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> l
 
 def _mean(values: list) -> float:
     return float(np.mean(values)) if values else math.nan
-
-
-def _settings(config: NmsConfig, out: Path) -> None:
-    path = out / "config.json"
-    mine = json.loads(json.dumps(asdict(config)))
-    if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        defaults = json.loads(json.dumps(asdict(NmsConfig(data="", model=""))))  # for settings added since
-        for key, value in mine.items():
-            if before.get(key, defaults[key]) != value:
-                raise ValueError(f"{out} holds a run with {key}={before.get(key, defaults[key])!r}, not {value!r}; "
-                                 "use another --out")
-    else:
-        path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
