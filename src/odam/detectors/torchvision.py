@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -371,8 +371,7 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
     if stats is None:
         yield
         return
-    undo = []
-    try:
+    with ExitStack() as undo:  # patches undone in reverse order, also on an error
         for m in head.modules():
             if isinstance(m, nn.GroupNorm):
                 mean, rstd = stats[id(m)]
@@ -386,11 +385,8 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
                         y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
                     return y
 
-                undo.append(_patch(m, "forward", forward))
+                undo.callback(_patch(m, "forward", forward))
         yield
-    finally:
-        for restore in reversed(undo):
-            restore()
 
 
 class CropGroup(MapGroup):

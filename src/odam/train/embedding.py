@@ -16,7 +16,7 @@ detection losses (as FeatureNMS does).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -68,22 +68,16 @@ class EmbeddingTrainer:
         """Instrument the model for its training forward passes inside the block (the last one counts);
         everything is removed after, also on an error."""
         self._seen = {}
-        handles, patches = [], []
         m = self.model
-        try:
+        with ExitStack() as undo:  # hooks removed and patches undone in reverse order, also on an error
             if isinstance(m, FasterRCNN):
                 rh = m.roi_heads
-                patches.append(_patch(rh, "select_training_samples", self._wrap_sampling(rh.select_training_samples)))
-                handles.append(rh.box_head.register_forward_hook(self._on_box_head))
+                undo.callback(_patch(rh, "select_training_samples", self._wrap_sampling(rh.select_training_samples)))
+                undo.callback(rh.box_head.register_forward_hook(self._on_box_head).remove)
             else:
-                handles.append(m.head.register_forward_hook(self._on_head))
-                patches.append(_patch(m.head, "compute_loss", self._wrap_loss(m.head.compute_loss)))
+                undo.callback(m.head.register_forward_hook(self._on_head).remove)
+                undo.callback(_patch(m.head, "compute_loss", self._wrap_loss(m.head.compute_loss)))
             yield
-        finally:
-            for h in handles:
-                h.remove()
-            for undo in reversed(patches):
-                undo()
 
     def _on_head(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._seen = {"features": list(args[0])}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,29 +110,22 @@ class OdamTrainer:
         """Instrument the model for its training forward passes inside the block (the last one counts);
         everything is removed after, also on an error."""
         self._seen = {}
-        handles, patches = [], []
         m = self.model
-        handles.append(m.backbone.register_forward_pre_hook(self._on_backbone))
-        try:
+        with ExitStack() as undo:  # hooks removed and patches undone in reverse order, also on an error
+            undo.callback(m.backbone.register_forward_pre_hook(self._on_backbone).remove)
             if isinstance(m, FCOS):
-                handles.append(m.head.register_forward_hook(self._on_head))
-                patches.append(_patch(m.head, "compute_loss", self._wrap_fcos_loss(m.head.compute_loss)))
+                undo.callback(m.head.register_forward_hook(self._on_head).remove)
+                undo.callback(_patch(m.head, "compute_loss", self._wrap_fcos_loss(m.head.compute_loss)))
                 for branch in (m.head.classification_head, m.head.regression_head):
                     for layer in branch.conv:
                         if isinstance(layer, nn.GroupNorm):
-                            handles.append(layer.register_forward_pre_hook(self._on_norm))
+                            undo.callback(layer.register_forward_pre_hook(self._on_norm).remove)
             else:
                 rh = m.roi_heads
-                patches.append(_patch(rh, "select_training_samples",
-                                      self._wrap_sampling(rh.select_training_samples)))
-                handles.append(rh.box_roi_pool.register_forward_hook(self._on_pool))
-                handles.append(rh.box_predictor.register_forward_hook(self._on_predictor))
+                undo.callback(_patch(rh, "select_training_samples", self._wrap_sampling(rh.select_training_samples)))
+                undo.callback(rh.box_roi_pool.register_forward_hook(self._on_pool).remove)
+                undo.callback(rh.box_predictor.register_forward_hook(self._on_predictor).remove)
             yield
-        finally:
-            for h in handles:
-                h.remove()
-            for undo in reversed(patches):
-                undo()
 
     def _on_backbone(self, module: nn.Module, args: tuple) -> None:
         # A new forward pass: forget the previous one's statistics and outputs.
