@@ -291,3 +291,19 @@ def test_python_dash_m(tmp_path: Path) -> None:
                             cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"odam {odam.__version__}"
+
+
+def test_explain_uses_the_nms_it_is_given(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from odam.cli import DEMO_SCENE
+
+    code, _, stderr = _run(["explain", str(DEMO_SCENE), "--out", str(tmp_path), "--targets", "score",
+                            "--max-detections", "3", "--nms", "soft-nms", "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    scores = [d["score"] for d in json.loads((tmp_path / "explanations.json").read_text())["images"][0]["detections"]]
+    expected = []
+    for nms in ("soft-nms", None):
+        detector = odam.load_detector("synthcrowd-fcos", nms=nms)
+        detector.model.detections_per_img = 3
+        expected.append(detector.detect(DEMO_SCENE).scores.tolist())
+    assert scores == pytest.approx(expected[0], abs=1e-6)
+    assert scores != pytest.approx(expected[1], abs=1e-3)  # Soft-NMS decays the scores of overlapping boxes

