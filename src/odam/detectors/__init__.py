@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -12,6 +13,11 @@ from odam.detectors.torchvision import OneStageAdapter, TwoStageAdapter
 from odam.nms import Suppression
 
 SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN")
+
+#: Adapters of other families, as ``"module:Class"``: each class has ``accepts(model) -> bool``, which must not
+#: import the family's package (a user without that extra installed never loads it).
+FAMILIES = ("odam.detectors.retinaface:RetinaFaceAdapter", "odam.detectors.detr:DetrAdapter",
+            "odam.detectors.yolo:YoloAdapter")
 
 __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "borrowed", "wrap_detector",
            "SUPPORTED"]
@@ -46,6 +52,14 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
         return OneStageAdapter(model, categories, nms)
     if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
         return TwoStageAdapter(model, categories, nms)
+    for family in FAMILIES:
+        module, name = family.split(":")
+        try:
+            adapter = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):  # a family still being written
+            continue
+        if adapter.accepts(model):
+            return adapter(model, categories, nms)
     raise TypeError(
         f"unsupported detector {type(model).__name__}; odam supports torchvision {', '.join(SUPPORTED)}"
         " (and their _v2 variants)"
