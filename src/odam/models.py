@@ -55,6 +55,9 @@ BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn", "synthcr
                            "synthcrowd-fasterrcnn-odamtrain", "synthcrowd-fcos-featurenms",
                            "synthcrowd-fasterrcnn-featurenms")
 
+#: Real pretrained detectors whose weights ship inside a registry package, loaded offline (docs/ADAPTERS.md).
+PRETRAINED: tuple[str, ...] = ("retinaface",)
+
 _PREFIX = "torchvision:"
 _ODAM = "odam:"
 _FORMAT = "odam-checkpoint"
@@ -68,14 +71,16 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
 
     Args:
         spec: ``"torchvision:<builder>"`` with a builder from :data:`BUILDERS`, ``"odam:<arch>"`` (see
-            :func:`odam.architectures.build_detector`), a name from :data:`BUNDLED`, or the path of an odam
-            checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`.
+            :func:`odam.architectures.build_detector`), a name from :data:`BUNDLED`, a name from
+            :data:`PRETRAINED` (``"retinaface"``, with ``pip install 'odam[retinaface]'``), or the path of an
+            odam checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`.
         weights: for torchvision builders only: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
             by torchvision on first use), ``"none"`` gives random weights and no pretrained backbone
             (offline). ``odam:`` architectures have no pretrained weights and are always random; a bundled
             model or checkpoint always brings its own weights.
-        **kwargs: passed to the torchvision builder (e.g. ``num_classes``, ``min_size``, ``score_thresh``) or,
-            for ``odam:`` specs, to :func:`odam.architectures.build_detector` (e.g. ``backbone``).
+        **kwargs: passed to the torchvision builder (e.g. ``num_classes``, ``min_size``, ``score_thresh``),
+            for ``odam:`` specs to :func:`odam.architectures.build_detector` (e.g. ``backbone``), and for
+            ``"retinaface"`` to :func:`odam.detectors.retinaface.retinaface` (e.g. ``max_size``).
 
     Returns:
         The model, in eval mode, on the CPU.
@@ -96,6 +101,15 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if spec.startswith(_PREFIX):
         return _build(spec[len(_PREFIX):], weights, kwargs)
+    if spec in PRETRAINED:
+        if weights != "default":
+            raise ValueError(f"{spec} comes with its pretrained weights only; weights={weights!r} is not available")
+        from odam.detectors.retinaface import retinaface
+
+        try:
+            return retinaface(**kwargs)
+        except TypeError as err:  # an unexpected keyword argument
+            raise ValueError(f"{spec} rejects its keywords: {err}") from err
     if spec.startswith(_ODAM):
         from odam.architectures import build_detector
 
@@ -112,7 +126,8 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with checkpoint {spec}")
         return load_checkpoint(spec)[0]
     raise ValueError(
-        f"unknown model {spec!r}: expected one of {', '.join(BUNDLED)}, '{_PREFIX}<builder>' with builder one of "
+        f"unknown model {spec!r}: expected one of {', '.join(BUNDLED + PRETRAINED)}, '{_PREFIX}<builder>' with "
+        "builder one of "
         f"{', '.join(BUILDERS)}, '{_ODAM}<arch>', or the path of an odam checkpoint directory"
     )
 
@@ -330,14 +345,15 @@ def configure(
     max_size: int | None = None,
     nms_threshold: float | None = None,
 ) -> nn.Module:
-    """Set a torchvision detector's score threshold, detection cap, resize limits and NMS IoU threshold in place.
+    """Set a detector's score threshold, detection cap, resize limits and NMS IoU threshold in place.
 
-    One-stage detectors (FCOS, RetinaNet) keep these in ``model.score_thresh`` and
+    One-stage detectors (FCOS, RetinaNet, RetinaFace) keep these in ``model.score_thresh`` and
     ``model.detections_per_img``; two-stage ones (Faster/Mask R-CNN) in ``model.roi_heads``. Sizes go to
-    ``model.transform`` (``min_size`` becomes ``(min_size,)``). ``None`` leaves a setting as it is.
+    ``model.transform`` (``min_size`` becomes ``(min_size,)``), or for RetinaFace to ``model.max_size`` (it has no
+    ``min_size``). ``None`` leaves a setting as it is.
 
     Args:
-        model: a torchvision FCOS, RetinaNet, Faster R-CNN or Mask R-CNN.
+        model: a torchvision FCOS, RetinaNet, Faster R-CNN or Mask R-CNN, or a RetinaFace.
         score_threshold: keep detections scoring above this, in [0, 1].
         max_detections: at most this many detections per image, >= 1.
         min_size: resize so the shorter image side is this many pixels, >= 1.
@@ -357,15 +373,20 @@ def configure(
         >>> model.roi_heads.score_thresh, model.roi_heads.detections_per_img, model.transform.min_size
         (0.2, 5, (96,))
     """
+    from odam.detectors.retinaface import RetinaFace
+
     if hasattr(model, "roi_heads") and hasattr(model.roi_heads, "score_thresh"):
         holder = model.roi_heads
     elif hasattr(model, "score_thresh") and hasattr(model, "detections_per_img"):
         holder = model
     else:
         holder = None
-    if holder is None or not hasattr(model, "transform"):
+    retina = isinstance(model, RetinaFace)
+    if holder is None or not (hasattr(model, "transform") or retina):
         raise TypeError(f"cannot configure {type(model).__name__}; expected a torchvision FCOS, RetinaNet, "
-                        "Faster R-CNN or Mask R-CNN")
+                        "Faster R-CNN or Mask R-CNN, or odam's RetinaFace")
+    if retina and min_size is not None:
+        raise ValueError("RetinaFace runs at the image's own size and never enlarges it: min_size is not available")
     for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float))
@@ -385,7 +406,9 @@ def configure(
         holder.nms_thresh = float(nms_threshold)
     if min_size is not None:
         model.transform.min_size = (min_size,)
-    if max_size is not None:
+    if max_size is not None and retina:
+        model.max_size = max_size
+    elif max_size is not None:
         model.transform.max_size = max_size
     return model
 
@@ -395,8 +418,9 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
     """Build or load a detector and wrap it in its adapter, ready for :class:`odam.ODAM`.
 
     Args:
-        name_or_path: a bundled name from :data:`BUNDLED` (``"synthcrowd-fcos"``, offline), the path of an
-            odam checkpoint, or a spec that :func:`create_model` accepts (``"torchvision:<builder>"``,
+        name_or_path: a bundled name from :data:`BUNDLED` (``"synthcrowd-fcos"``, offline), a real pretrained
+            detector from :data:`PRETRAINED` (``"retinaface"``, offline, behind its extra), the path of an odam
+            checkpoint, or a spec that :func:`create_model` accepts (``"torchvision:<builder>"``,
             ``"odam:<arch>"``).
         weights: for ``torchvision:`` specs, as in :func:`create_model`.
         nms: replace the model's own NMS: ``"nms"``, ``"soft-nms"``, ``"feature-nms"`` or ``"odam-nms"``
@@ -419,7 +443,7 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
     from odam.detectors import wrap_detector
 
     spec = os.fspath(name_or_path)
-    if spec in BUNDLED or (not spec.startswith((_PREFIX, _ODAM)) and Path(spec).exists()):
+    if spec in BUNDLED or (spec not in PRETRAINED and not spec.startswith((_PREFIX, _ODAM)) and Path(spec).exists()):
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with {spec}")
         model, config = load_checkpoint(bundled_path(spec) if spec in BUNDLED else spec)
