@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tests.cases import Case
 from torch import Tensor, nn
 
 from odam.data.photos import load_photo
 from odam.detectors.retinaface import MEAN_BGR, RetinaFace, onnx_model, retinaface
+from odam.testing import Case
 
 MAX_SIZE = 512
 _SESSION: list = []

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tests.cases import Case
 from tests.conftest import build
 from torch import Tensor, nn
+
+from odam.testing import Case
 
 
 def _native(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,274 @@
+"""The adapter conformance suite, for odam's own detector families and for yours (docs/ADAPTERS.md).
+
+Describe a detector family by a :class:`Case` and run :func:`check_adapter` on it (or each of
+:data:`CHECKS` on its own, as odam's ``tests/test_conformance.py`` does). A family is supported when its case
+passes every check:
+
+- ``detect`` equals the family's native inference;
+- the attributes recomputed from each detection's provenance reproduce its score and box;
+- the batched maps equal a loop that explains one detection at a time;
+- a box-edge map is not the score map;
+- the model is borrowed: hooks, train/eval modes and ``requires_grad`` flags are the same after a call, also
+  after an error;
+- the explained feature maps line up with the image after the model's own resizing;
+- bad input gets a one-line ``ValueError``.
+
+Example:
+    >>> import torch, torchvision, odam
+    >>> from odam.testing import Case, check_adapter
+    >>> def build():
+    ...     return torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None,
+    ...         num_classes=3, min_size=64, max_size=80, score_thresh=0.0, detections_per_img=3).eval()
+    >>> def native(model, image):
+    ...     with torch.no_grad():
+    ...         out = model([image])[0]
+    ...     return out["boxes"], out["scores"], out["labels"]
+    >>> def image():
+    ...     return torch.rand(3, 48, 60, generator=torch.Generator().manual_seed(1))
+    >>> case = Case("fcos", build, native, image, probe=lambda model: model.backbone.body.layer1)
+    >>> check_adapter(case)  # raises AssertionError naming the first failed check
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from odam.detectors.base import DetectorAdapter
+from odam.structures import TARGETS, Detections
+
+
+@dataclass
+class Case:
+    """One detector family, as the conformance suite sees it.
+
+    Attributes:
+        id: a name for the case, e.g. ``"torchvision-fcos"``.
+        build: returns the user's model in eval mode (built once per case and process, after
+            ``torch.manual_seed(0)``; see :func:`model_of`).
+        native: the family's own inference on one image (``Tensor[3, H, W]`` in [0, 1]), as
+            ``(boxes [N, 4] xyxy original pixels, scores [N], labels [N])``, in the model's own order; it may use
+            a reference outside the model (e.g. onnxruntime).
+        image: returns a test image ``Tensor[3, H, W]`` in [0, 1] on which ``detect`` returns at least two
+            detections; its size should differ from the model's input size, so resizing is exercised.
+        probe: returns a submodule of the model that runs in ``detect``; the suite hooks it to check that the
+            model is borrowed and to raise inside the forward pass.
+        wrap: the adapter for the model (default :func:`odam.wrap_detector`).
+        atol: tolerance on boxes (pixels) and scores between ``detect`` and ``native``.
+        score_of: maps the explained ``"score"`` attribute to the score ``detect`` reports (identity, unless the
+            adapter explains, e.g., a logit).
+    """
+
+    id: str
+    build: Callable[[], nn.Module]
+    native: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor, Tensor]]
+    image: Callable[[], Tensor]
+    probe: Callable[[nn.Module], nn.Module]
+    wrap: Callable[[nn.Module], DetectorAdapter] = field(default=None)  # type: ignore[assignment]
+    atol: float = 1e-4
+    score_of: Callable[[Tensor], Tensor] = field(default=lambda y: y)
+
+    def __post_init__(self) -> None:
+        if self.wrap is None:
+            from odam.detectors import wrap_detector
+
+            self.wrap = wrap_detector
+
+
+_MODELS: dict[int, tuple[Case, nn.Module]] = {}
+
+
+def model_of(case: Case) -> nn.Module:
+    """The case's model, built on first use and shared (every check leaves it as it found it)."""
+    if id(case) not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[id(case)] = (case, case.build())  # the case is kept alive, so its id is not reused
+    return _MODELS[id(case)][1]
+
+
+def _adapter(case: Case) -> tuple[nn.Module, DetectorAdapter]:
+    model = model_of(case)
+    return model, case.wrap(model)
+
+
+def _close(actual: Tensor, expected: Tensor, atol: float, rtol: float, what: str) -> None:
+    try:
+        torch.testing.assert_close(actual, expected.to(actual), atol=atol, rtol=rtol)
+    except AssertionError as err:
+        raise AssertionError(f"{what}: {err}") from None
+
+
+def _raises(kind: type[Exception], fragment: str, call: Callable[[], object]) -> Exception:
+    try:
+        call()
+    except kind as err:
+        if fragment not in str(err):
+            raise AssertionError(f"expected {kind.__name__} with {fragment!r}, got: {err}") from err
+        return err
+    raise AssertionError(f"expected {kind.__name__} with {fragment!r}; nothing was raised")
+
+
+def check_detect_equals_native(case: Case) -> None:
+    model, adapter = _adapter(case)
+    image = case.image()
+    dets = adapter.detect(image)
+    boxes, scores, labels = case.native(model, image)
+    assert len(dets) >= 2, f"the case's image must give at least two detections, got {len(dets)}"
+    assert len(dets) == len(boxes), f"detect found {len(dets)} objects, the native inference {len(boxes)}"
+    _close(dets.boxes, boxes, case.atol, 0, "boxes")
+    _close(dets.scores, scores, case.atol, 0, "scores")
+    assert torch.equal(dets.labels.cpu(), labels.to(torch.int64).cpu()), "labels differ"
+    assert dets.has_provenance, "detections must record their level and index"
+
+
+def check_attributes_reproduce_detections(case: Case) -> None:
+    _, adapter = _adapter(case)
+    trace = adapter.trace(case.image())
+    dets = trace.detections
+    y, groups, group_of = trace.graph(dets)
+    assert y.shape == (len(dets), len(TARGETS)), f"attributes of shape {tuple(y.shape)}"
+    _close(case.score_of(y[:, 0].detach()), dets.scores, 1e-5, 1e-5, "scores from provenance")
+    _close(y[:, 1:].detach(), dets.boxes * dets.boxes.new_tensor([-1.0, -1.0, 1.0, 1.0]), 1e-3, 1e-5,
+           "signed edges from provenance")
+    assert group_of.shape == (len(dets),) and int(group_of.min()) >= 0 and int(group_of.max()) < len(groups)
+
+
+def check_batched_maps_equal_loop(case: Case) -> None:
+    from odam.explainers.odam import ODAM
+
+    _, adapter = _adapter(case)
+    image = case.image()
+    explainer = ODAM(adapter)
+    batched = explainer.explain(image, targets=TARGETS)
+    assert batched.maps.shape == (len(batched), len(TARGETS), *image.shape[-2:])
+    assert bool(torch.isfinite(batched.maps).all()), "maps are not finite"
+    assert float(batched.maps.amax()) > 0, "every map is zero"
+    for i in range(len(batched)):
+        single = explainer.explain(image, targets=TARGETS, detections=batched.detections[i:i + 1])
+        scale = float(batched.maps[i].abs().amax()) + 1e-12
+        _close(single.maps[0], batched.maps[i], 1e-4 * scale, 1e-4, f"detection {i} alone against the batch")
+
+
+def check_box_map_differs_from_score_map(case: Case) -> None:
+    from odam.explainers.odam import ODAM
+
+    _, adapter = _adapter(case)
+    maps = ODAM(adapter).explain(case.image(), targets=("score", "left", "bottom")).maps
+    for j, name in ((1, "left"), (2, "bottom")):
+        assert not torch.allclose(maps[:, 0], maps[:, j]), f"the {name} map equals the score map"
+
+
+def _state(model: nn.Module) -> tuple:
+    modes = tuple(m.training for m in model.modules())
+    flags = tuple(p.requires_grad for p in model.parameters())
+    hooks = tuple((len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                   len(m._backward_pre_hooks)) for m in model.modules())
+    return modes, flags, hooks
+
+
+def _boom(*_: object) -> None:
+    raise RuntimeError("boom")
+
+
+def check_model_is_borrowed(case: Case) -> None:
+    from odam.explainers.odam import ODAM
+
+    model, adapter = _adapter(case)
+    image = case.image()
+    params = list(model.parameters())
+    modes = {m: m.training for m in model.modules()}
+    flags = [p.requires_grad for p in params]
+    try:
+        model.train()  # a user's model in the middle of training, one parameter's flag flipped, one hook
+        params[0].requires_grad_(not flags[0])
+        calls: list[int] = []
+        handle = case.probe(model).register_forward_hook(lambda *a: calls.append(1))
+        before = _state(model)
+        try:
+            explanation = ODAM(adapter).explain(image, targets=("score", "right"))
+            assert _state(model) == before, "explain changed the model's modes, flags or hooks"
+            assert calls, "the user's hook did not run"
+            assert len(explanation) == len(adapter.detect(image)), "explain did not run in eval mode"
+            bad = explanation.detections[:1]
+            bad = Detections(bad.boxes, bad.scores, bad.labels, bad.levels, bad.indices + 10**7)
+            _raises(ValueError, "out of range", lambda: ODAM(adapter).explain(image, detections=bad))
+            assert _state(model) == before, "an error while building the graph left the model changed"
+            boom = case.probe(model).register_forward_hook(_boom)
+            try:
+                _raises(RuntimeError, "boom", lambda: ODAM(adapter).explain(image))
+            finally:
+                boom.remove()
+            assert _state(model) == before, "an error inside the forward pass left the model changed"
+        finally:
+            handle.remove()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def check_maps_line_up_with_image(case: Case) -> None:
+    """A change to one patch of the image changes the explained features where ``to_image`` places that patch.
+
+    The case's image is resized (and padded) by the model; features are compared on the finest explained grid
+    and placed on the image by that group's own geometry. Convolutional features change most near the patch,
+    so the placed change must peak within one stride of it.
+    """
+    _, adapter = _adapter(case)
+    image = case.image()
+    H, W = image.shape[-2:]
+    y0, x0, h, w = int(0.55 * H), int(0.15 * W), max(4, H // 6), max(4, W // 6)
+    changed = image.clone()
+    changed[:, y0:y0 + h, x0:x0 + w] = torch.rand(3, h, w, generator=torch.Generator().manual_seed(5)).to(image)
+    grids = []
+    for img in (image, changed):
+        trace = adapter.trace(img)
+        _, groups, _ = trace.graph(trace.detections)
+        finest = max(groups, key=lambda g: g.features(g.rows[:1]).shape[-2:].numel())
+        grids.append(finest.features(finest.rows[:1]))
+    delta = (grids[1] - grids[0]).abs().sum(1)
+    placed = finest.to_image(delta, finest.rows[:1])[0]
+    assert placed.shape == (H, W), f"placed maps have shape {tuple(placed.shape)}, the image ({H}, {W})"
+    py, px = divmod(int(placed.argmax()), W)
+    g = trace.geometry
+    margin = max(getattr(finest, "stride", (32,))) * max(g.original[0] / g.resized[0], g.original[1] / g.resized[1])
+    assert y0 - margin <= py <= y0 + h + margin and x0 - margin <= px <= x0 + w + margin, (
+        f"the change to rows {y0}..{y0 + h}, columns {x0}..{x0 + w} is placed at ({py}, {px})")
+
+
+def check_bad_input_errors(case: Case) -> None:
+    from odam.explainers.odam import ODAM
+
+    _, adapter = _adapter(case)
+    for bad in (torch.rand(4, 32, 32), torch.rand(32, 32)):
+        err = _raises(ValueError, "expected image of shape", lambda b=bad: adapter.detect(b))
+        assert "\n" not in str(err)
+    _raises(ValueError, "unknown target 'width'", lambda: ODAM(adapter).explain(case.image(), targets=("width",)))
+    err = _raises(ValueError, "no module named 'nope.nope'", lambda: ODAM(adapter, layer="nope.nope").explain(
+        case.image()))
+    assert "\n" not in str(err)
+
+
+#: Every check, in the order :func:`check_adapter` runs them.
+CHECKS: tuple[Callable[[Case], None], ...] = (
+    check_detect_equals_native,
+    check_attributes_reproduce_detections,
+    check_batched_maps_equal_loop,
+    check_box_map_differs_from_score_map,
+    check_model_is_borrowed,
+    check_maps_line_up_with_image,
+    check_bad_input_errors,
+)
+
+
+def check_adapter(case: Case) -> None:
+    """Run every check of the suite on ``case``; ``AssertionError`` names the first one that fails."""
+    for check in CHECKS:
+        try:
+            check(case)
+        except AssertionError as err:
+            raise AssertionError(f"{case.id}: {check.__name__}: {err}") from None
