@@ -58,7 +58,7 @@ def test_fcos_score_is_sqrt_of_class_times_centerness(image: torch.Tensor) -> No
 
 
 def test_unsupported_model_raises_type_error() -> None:
-    with pytest.raises(TypeError, match="supports torchvision FCOS, RetinaNet, FasterRCNN, MaskRCNN"):
+    with pytest.raises(TypeError, match="supports FCOS, RetinaNet, FasterRCNN, MaskRCNN, odam RetinaFace"):
         odam.wrap_detector(torchvision.models.resnet18(weights=None))
     with pytest.raises(TypeError, match="SSD"):
         odam.wrap_detector(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
@@ -115,3 +115,16 @@ def test_layer_errors(image: torch.Tensor) -> None:
     other = torchvision.models.resnet18(weights=None)
     with pytest.raises(ValueError, match="not a module of this model"):
         odam.ODAM(model, layer=other.layer1).explain(image)
+
+
+def test_dispatch_imports_no_optional_family_package() -> None:
+    """wrap_detector asks every family whether it accepts a model without importing that family's package."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torchvision, odam\n"
+            "try:\n    odam.wrap_detector(torchvision.models.resnet18(weights=None))\nexcept TypeError:\n    pass\n"
+            "print(sorted(m for m in ('transformers', 'ultralytics', 'onnx', 'onnx2torch', 'onnxruntime', 'timm')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

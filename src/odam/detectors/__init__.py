@@ -12,7 +12,9 @@ from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry, MapGrou
 from odam.detectors.torchvision import OneStageAdapter, TwoStageAdapter
 from odam.nms import Suppression
 
-SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN")
+#: Model classes :func:`wrap_detector` accepts (torchvision's ``_v2`` variants and subclasses included).
+SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN", "odam RetinaFace", "transformers DetrForObjectDetection",
+             "ultralytics YOLO (v8, 11, and 26 with NMS)")
 
 #: Adapters of other families, as ``"module:Class"``: each class has ``accepts(model) -> bool``, which must not
 #: import the family's package (a user without that extra installed never loads it).
@@ -25,13 +27,15 @@ __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "
 
 def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None,
                   nms: str | Suppression | None = None) -> DetectorAdapter:
-    """Wrap a torchvision detector in an adapter with ``detect(image) -> Detections``.
+    """Wrap a detector in its adapter, with ``detect(image) -> Detections`` (docs/ADAPTERS.md).
 
-    Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN, ``_v2`` variants included.
-    An adapter passed in is returned as it is (a copy, when ``nms`` is given). ``categories`` names the
-    classes, indexed by label (as torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0).
-    ``nms`` replaces the model's own NMS: a name from :data:`odam.nms.METHODS` (``"odam"`` for Odam-NMS) or an
-    :class:`odam.nms.Suppression`.
+    Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN (``_v2`` variants included), odam's
+    RetinaFace (``odam.load_detector("retinaface")``), Hugging Face's ``DetrForObjectDetection`` and Ultralytics'
+    YOLOv8 and YOLO11 detection models (the ``YOLO`` object or its ``DetectionModel``). An adapter passed in is
+    returned as it is (a copy, when ``nms`` is given). ``categories`` names the classes, indexed by label (as
+    torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0); ``None`` keeps the family's
+    own names where it has them. ``nms`` replaces the model's own NMS: a name from :data:`odam.nms.METHODS`
+    (``"odam"`` for Odam-NMS) or an :class:`odam.nms.Suppression`.
 
     Raises:
         TypeError: for any other model, naming what is supported.
@@ -54,13 +58,8 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
         return TwoStageAdapter(model, categories, nms)
     for family in FAMILIES:
         module, name = family.split(":")
-        try:
-            adapter = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):  # a family still being written
-            continue
+        adapter = getattr(importlib.import_module(module), name)
         if adapter.accepts(model):
             return adapter(model, categories, nms)
-    raise TypeError(
-        f"unsupported detector {type(model).__name__}; odam supports torchvision {', '.join(SUPPORTED)}"
-        " (and their _v2 variants)"
-    )
+    raise TypeError(f"unsupported detector {type(model).__name__}; odam supports {', '.join(SUPPORTED)}"
+                    " (docs/ADAPTERS.md shows how to write an adapter for another)")
