@@ -42,3 +42,39 @@ def test_a_failing_check_names_itself() -> None:
     bad = Case(case.id, case.build, shifted, case.image, case.probe)
     with pytest.raises(AssertionError, match="check_detect_equals_native: boxes"):
         check_adapter(bad)
+
+
+def test_maps_placed_three_cells_off_fail_the_line_up_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from odam.detectors.base import MapGroup
+    from odam.testing import check_maps_line_up_with_image
+
+    case = CASES[0]
+    check_maps_line_up_with_image(case)
+    place = MapGroup.to_image
+    monkeypatch.setattr(MapGroup, "to_image", lambda self, maps, rows: place(self, maps.roll(3, -1), rows))
+    with pytest.raises(AssertionError, match="is placed at"):
+        check_maps_line_up_with_image(case)
+
+
+def test_an_adapter_that_leaves_a_patch_or_changes_a_buffer_fails_the_borrow_check() -> None:
+    from odam.detectors.torchvision import OneStageAdapter
+    from odam.testing import check_model_is_borrowed
+
+    case = CASES[0]
+
+    class Patching(OneStageAdapter):
+        def _trace(self, image, layer):  # noqa: ANN001, ANN202
+            self.model.head.forward = self.model.head.forward  # an instance attribute left behind
+            return super()._trace(image, layer)
+
+    class Drifting(OneStageAdapter):
+        def _trace(self, image, layer):  # noqa: ANN001, ANN202
+            bn = next(m for m in self.model.modules() if hasattr(m, "running_mean"))
+            bn.running_mean += 1
+            return super()._trace(image, layer)
+
+    for adapter, message in ((Patching, "modes, flags, hooks or methods"), (Drifting, "parameters or buffers")):
+        model = case.build()
+        bad = Case(case.id, lambda m=model: m, case.native, case.image, case.probe, wrap=adapter)
+        with pytest.raises(AssertionError, match=message):
+            check_model_is_borrowed(bad)

@@ -348,3 +348,37 @@ def test_accepts_by_class_name_without_importing_transformers(model: nn.Module) 
             "assert not d.DetrAdapter.accepts(torch.nn.Linear(1, 1)); "
             "assert 'transformers' not in sys.modules, 'transformers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_batch_mixing_8_bit_and_float_images_prepares_each_as_if_alone(model: nn.Module) -> None:
+    """Deletion/Insertion score the original (8-bit, from a file) next to perturbed float images."""
+    adapter = case.wrap(model, threshold=0.0)
+    photo = (torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(3)) * 255).round() / 255
+    perturbed = (photo + 0.001).clamp(0, 1)
+    dets = adapter.detect(photo)
+    c = adapter.candidates(torch.stack([photo, perturbed]))
+    torch.testing.assert_close(c.scores[0, dets.indices, dets.labels], dets.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c.boxes[0, dets.indices, 0], dets.boxes, atol=1e-3, rtol=0)  # batched: rounding
+
+
+def test_a_timm_backbone_as_in_the_hub_checkpoints() -> None:
+    """facebook/detr-resnet-50's config asks for a timm backbone (why the detr extra installs timm)."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    config = DetrConfig(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=6, num_labels=3,
+                        init_std=0.5)
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(config).eval()
+    with torch.no_grad():
+        model.bbox_predictor.layers[-1].weight.mul_(0.1)
+    image = torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(1))
+    adapter = case.wrap(model, threshold=0.0)
+    dets = adapter.detect(image)
+    boxes, scores, labels = case.native(model, image, threshold=0.0)
+    assert len(dets) == len(boxes) == 6
+    torch.testing.assert_close(dets.boxes, boxes, atol=1e-4, rtol=0)
+    torch.testing.assert_close(dets.scores, scores, atol=1e-4, rtol=0)
+    maps = odam.ODAM(adapter).explain(image, targets=("score", "left"), detections=dets[:2]).maps
+    assert maps.shape == (2, 2, 96, 120) and bool((maps.amax((-2, -1)) > 0).all())

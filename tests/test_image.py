@@ -140,3 +140,21 @@ def test_truncated_png(tmp_path):
 def test_directory_is_not_an_image(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"cannot read image {tmp_path}")):
         load_image(Path(tmp_path))
+
+
+def test_unreadable_file_is_a_value_error_even_when_image_open_is_patched(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ultralytics replaces PIL.Image.open by one that imports a HEIF plugin when Pillow cannot identify a file."""
+    opener = Image.open
+
+    def patched(path: object, *args: object) -> object:
+        try:
+            return opener(path, *args)
+        except Image.UnidentifiedImageError:
+            import pi_heif_is_not_installed  # noqa: F401
+
+    monkeypatch.setattr(Image, "open", patched)
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image .*notes.png: Pillow cannot identify it"):
+        load_image(path)

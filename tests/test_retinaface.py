@@ -133,7 +133,7 @@ def test_load_detector_and_configure(model: rf.RetinaFace) -> None:
     assert detector.categories == ("__background__", "face")
     with pytest.raises(ValueError, match="pretrained weights only"):
         odam.create_model("retinaface", weights="none")
-    with pytest.raises(ValueError, match="rejects its keywords"):
+    with pytest.raises(ValueError, match="has no option 'min_size'"):
         odam.create_model("retinaface", min_size=3)
     from odam.models import configure
 
@@ -141,6 +141,19 @@ def test_load_detector_and_configure(model: rf.RetinaFace) -> None:
     assert (detector.model.score_thresh, detector.model.detections_per_img, detector.model.max_size) == (0.9, 2, 320)
     with pytest.raises(ValueError, match="never enlarges"):
         configure(detector.model, min_size=100)
+    with pytest.raises(ValueError, match="at least 64 pixels"):
+        configure(detector.model, max_size=16)
+    with pytest.raises(ValueError, match="at least 64 pixels"):
+        rf.retinaface(max_size=16)
+
+
+def test_no_face_gives_empty_maps_and_graph(model: rf.RetinaFace) -> None:
+    adapter = odam.wrap_detector(model)
+    trace = adapter.trace(torch.zeros(3, 64, 80))
+    assert len(trace.detections) == 0
+    y, _, group_of = trace.graph(trace.detections)
+    assert y.shape == (0, 5) and group_of.shape == (0,)
+    assert odam.ODAM(adapter).explain(torch.zeros(3, 64, 80)).maps.shape == (0, 1, 64, 80)
 
 
 def test_cli_explain_real_photo(tmp_path: object) -> None:

@@ -91,4 +91,8 @@ def _read(path: Path) -> Tensor:
         raise FileNotFoundError(f"image not found: {path}") from err
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+    except ImportError as err:
+        # Another library may have patched Image.open to load a decoder plugin for files Pillow cannot identify
+        # (Ultralytics does, for HEIF): without that plugin the file is still not an image we can read.
+        raise ValueError(f"cannot read image {path}: Pillow cannot identify it ({err})") from err
     return _from_uint8(np.asarray(rgb, dtype=np.uint8))

@@ -104,12 +104,12 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     if spec in PRETRAINED:
         if weights != "default":
             raise ValueError(f"{spec} comes with its pretrained weights only; weights={weights!r} is not available")
-        from odam.detectors.retinaface import retinaface
+        from odam.detectors.retinaface import SETTINGS, retinaface
 
-        try:
-            return retinaface(**kwargs)
-        except TypeError as err:  # an unexpected keyword argument
-            raise ValueError(f"{spec} rejects its keywords: {err}") from err
+        unknown = sorted(set(kwargs) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"{spec} has no option {', '.join(map(repr, unknown))}; choose from {', '.join(SETTINGS)}")
+        return retinaface(**kwargs)
     if spec.startswith(_ODAM):
         from odam.architectures import build_detector
 
@@ -373,7 +373,7 @@ def configure(
         >>> model.roi_heads.score_thresh, model.roi_heads.detections_per_img, model.transform.min_size
         (0.2, 5, (96,))
     """
-    from odam.detectors.retinaface import RetinaFace
+    from odam.detectors.retinaface import MIN_MAX_SIZE, RetinaFace
 
     if hasattr(model, "roi_heads") and hasattr(model.roi_heads, "score_thresh"):
         holder = model.roi_heads
@@ -387,6 +387,8 @@ def configure(
                         "Faster R-CNN or Mask R-CNN, or odam's RetinaFace")
     if retina and min_size is not None:
         raise ValueError("RetinaFace runs at the image's own size and never enlarges it: min_size is not available")
+    if retina and max_size is not None and max_size < MIN_MAX_SIZE:
+        raise ValueError(f"RetinaFace's max_size must be at least {MIN_MAX_SIZE} pixels, got {max_size}")
     for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float))

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from odam.detectors.base import DetectorAdapter
+from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry
 from odam.structures import TARGETS, Detections
 
 
@@ -162,11 +162,27 @@ def check_box_map_differs_from_score_map(case: Case) -> None:
 
 
 def _state(model: nn.Module) -> tuple:
+    """Everything a call must leave as it was: modes, flags, every kind of hook, instance attributes that shadow
+    methods (a patched ``forward``), and the parameters and buffers (e.g. batch-norm running statistics)."""
     modes = tuple(m.training for m in model.modules())
     flags = tuple(p.requires_grad for p in model.parameters())
-    hooks = tuple((len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-                   len(m._backward_pre_hooks)) for m in model.modules())
-    return modes, flags, hooks
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+             "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+    hooks = tuple(tuple(len(getattr(m, k, ())) for k in kinds) for m in model.modules())
+    patched = tuple(sorted((n, k) for n, m in model.named_modules() for k, v in vars(m).items()
+                           if callable(v) and not isinstance(v, nn.Module) and hasattr(type(m), k)))
+    return modes, flags, hooks, patched
+
+
+def _tensors(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def _same_tensors(before: dict[str, Tensor], model: nn.Module) -> None:
+    after = model.state_dict(keep_vars=True)
+    assert before.keys() == after.keys(), "parameters or buffers were added or removed"
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k].detach())]
+    assert not changed, f"the call changed the model's parameters or buffers: {changed[:3]}"
 
 
 def _boom(*_: object) -> None:
@@ -186,12 +202,19 @@ def check_model_is_borrowed(case: Case) -> None:
         params[0].requires_grad_(not flags[0])
         calls: list[int] = []
         handle = case.probe(model).register_forward_hook(lambda *a: calls.append(1))
-        before = _state(model)
+        before, tensors = _state(model), _tensors(model)
         try:
             explanation = ODAM(adapter).explain(image, targets=("score", "right"))
-            assert _state(model) == before, "explain changed the model's modes, flags or hooks"
+            assert _state(model) == before, "explain changed the model's modes, flags, hooks or methods"
+            _same_tensors(tensors, model)
             assert calls, "the user's hook did not run"
             assert len(explanation) == len(adapter.detect(image)), "explain did not run in eval mode"
+            trace = adapter.trace(image)  # the public graph too, called while the model is in train mode
+            trace.graph(trace.detections)[0].sum().backward()
+            assert _state(model) == before, "trace.graph changed the model's modes, flags, hooks or methods"
+            for p in params:
+                p.grad = None  # the backward pass above may reach the model's parameters
+            _same_tensors(tensors, model)
             bad = explanation.detections[:1]
             bad = Detections(bad.boxes, bad.scores, bad.labels, bad.levels, bad.indices + 10**7)
             _raises(ValueError, "out of range", lambda: ODAM(adapter).explain(image, detections=bad))
@@ -202,6 +225,7 @@ def check_model_is_borrowed(case: Case) -> None:
             finally:
                 boom.remove()
             assert _state(model) == before, "an error inside the forward pass left the model changed"
+            _same_tensors(tensors, model)
         finally:
             handle.remove()
     finally:
@@ -212,31 +236,38 @@ def check_model_is_borrowed(case: Case) -> None:
 
 
 def check_maps_line_up_with_image(case: Case) -> None:
-    """A change to one patch of the image changes the explained features where ``to_image`` places that patch.
+    """A change to one cell-sized patch of the image changes the explained features where ``to_image`` places it.
 
-    The case's image is resized (and padded) by the model; features are compared on the finest explained grid
-    and placed on the image by that group's own geometry. Convolutional features change most near the patch,
-    so the placed change must peak within one stride of it.
+    The case's image is resized (and padded) by the model. Features are compared on the finest explained grid
+    and their change is placed on the image by that group's own geometry. Convolutional features change most at
+    the cells that see the patch, so the placed change must peak within one cell of the patch. Not closer: odam
+    centres cell ``j`` on ``(j + 0.5) * stride``, while the receptive field of a stride-2 convolution stack is
+    centred near ``j * stride``, and random weights skew it further. A placement off by three cells or more fails
+    (each family's own tests check the exact placement).
     """
     _, adapter = _adapter(case)
     image = case.image()
     H, W = image.shape[-2:]
-    y0, x0, h, w = int(0.55 * H), int(0.15 * W), max(4, H // 6), max(4, W // 6)
-    changed = image.clone()
-    changed[:, y0:y0 + h, x0:x0 + w] = torch.rand(3, h, w, generator=torch.Generator().manual_seed(5)).to(image)
-    grids = []
-    for img in (image, changed):
+
+    def finest_features(img: Tensor) -> tuple[FeatureGroup, Tensor, Geometry]:
         trace = adapter.trace(img)
         _, groups, _ = trace.graph(trace.detections)
-        finest = max(groups, key=lambda g: g.features(g.rows[:1]).shape[-2:].numel())
-        grids.append(finest.features(finest.rows[:1]))
-    delta = (grids[1] - grids[0]).abs().sum(1)
-    placed = finest.to_image(delta, finest.rows[:1])[0]
+        group = max(groups, key=lambda g: g.features(g.rows[:1]).shape[-2:].numel())
+        return group, group.features(group.rows[:1]), trace.geometry
+
+    group, before, g = finest_features(image)
+    scale = (g.original[0] / g.resized[0], g.original[1] / g.resized[1])
+    stride = getattr(group, "stride", (32, 32))
+    h, w = max(2, round(stride[0] * scale[0])), max(2, round(stride[1] * scale[1]))  # one cell
+    y0, x0 = int(0.6 * (H - h)), int(0.2 * (W - w))
+    changed = image.clone()
+    changed[:, y0:y0 + h, x0:x0 + w] = torch.rand(3, h, w, generator=torch.Generator().manual_seed(5)).to(image)
+    group, after, _ = finest_features(changed)
+    placed = group.to_image((after - before).abs().sum(1), group.rows[:1])[0]
     assert placed.shape == (H, W), f"placed maps have shape {tuple(placed.shape)}, the image ({H}, {W})"
     py, px = divmod(int(placed.argmax()), W)
-    g = trace.geometry
-    margin = max(getattr(finest, "stride", (32,))) * max(g.original[0] / g.resized[0], g.original[1] / g.resized[1])
-    assert y0 - margin <= py <= y0 + h + margin and x0 - margin <= px <= x0 + w + margin, (
+    my, mx = h + 1, w + 1  # a cell, and a pixel for rounding
+    assert y0 - my <= py <= y0 + h + my and x0 - mx <= px <= x0 + w + mx, (
         f"the change to rows {y0}..{y0 + h}, columns {x0}..{x0 + w} is placed at ({py}, {px})")
 
 

