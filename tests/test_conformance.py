@@ -44,14 +44,14 @@ def test_a_failing_check_names_itself() -> None:
         check_adapter(bad)
 
 
-def test_maps_placed_three_cells_off_fail_the_line_up_check(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_maps_placed_five_cells_off_fail_the_line_up_check(monkeypatch: pytest.MonkeyPatch) -> None:
     from odam.detectors.base import MapGroup
     from odam.testing import check_maps_line_up_with_image
 
     case = CASES[0]
     check_maps_line_up_with_image(case)
     place = MapGroup.to_image
-    monkeypatch.setattr(MapGroup, "to_image", lambda self, maps, rows: place(self, maps.roll(3, -1), rows))
+    monkeypatch.setattr(MapGroup, "to_image", lambda self, maps, rows: place(self, maps.roll(5, -1), rows))
     with pytest.raises(AssertionError, match="is placed at"):
         check_maps_line_up_with_image(case)
 

@@ -1,5 +1,8 @@
 """odam: explain each prediction of an object detector with its own heat map (ODAM, ICLR 2023).
 
+Public submodules beside this flat API: ``odam.metrics``, ``odam.losses``, ``odam.nms``, ``odam.train`` and
+``odam.testing`` (the adapter conformance suite, docs/ADAPTERS.md).
+
 Example:
     >>> import torch, torchvision, odam
     >>> model = torchvision.models.detection.fcos_resnet50_fpn(

@@ -82,17 +82,25 @@ def _from_uint8(array: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).float().div(255).contiguous()
 
 
+def open_image(path: Path) -> Image.Image:
+    """``PIL.Image.open``, also when another library has patched it.
+
+    Ultralytics replaces ``Image.open`` by one that imports a HEIF plugin when Pillow cannot identify a file;
+    without that plugin the import fails, and the file is still one that Pillow cannot identify.
+    """
+    try:
+        return Image.open(path)
+    except ImportError as err:
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r} ({err})") from err
+
+
 def _read(path: Path) -> Tensor:
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.load()  # decode everything now, so a truncated file fails here
             rgb = img.convert("RGB")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image not found: {path}") from err
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
-    except ImportError as err:
-        # Another library may have patched Image.open to load a decoder plugin for files Pillow cannot identify
-        # (Ultralytics does, for HEIF): without that plugin the file is still not an image we can read.
-        raise ValueError(f"cannot read image {path}: Pillow cannot identify it ({err})") from err
     return _from_uint8(np.asarray(rgb, dtype=np.uint8))

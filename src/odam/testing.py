@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry
@@ -236,37 +237,52 @@ def check_model_is_borrowed(case: Case) -> None:
 
 
 def check_maps_line_up_with_image(case: Case) -> None:
-    """A change to one cell-sized patch of the image changes the explained features where ``to_image`` places it.
+    """A change to a small patch of the image changes the explained features where ``to_image`` places it.
 
     The case's image is resized (and padded) by the model. Features are compared on the finest explained grid
     and their change is placed on the image by that group's own geometry. Convolutional features change most at
-    the cells that see the patch, so the placed change must peak within one cell of the patch. Not closer: odam
-    centres cell ``j`` on ``(j + 0.5) * stride``, while the receptive field of a stride-2 convolution stack is
-    centred near ``j * stride``, and random weights skew it further. A placement off by three cells or more fails
-    (each family's own tests check the exact placement).
+    the cells that see the patch (2 x 2 cells, at least 16 model pixels), so the placed change, averaged over
+    patch-sized windows, must peak within a cell (at least 16 model pixels) of the patch. This is coarse on
+    purpose: odam centres cell ``j`` on ``(j + 0.5) * stride`` while a stack of stride-2 convolutions centres it
+    near ``j * stride``, an FPN level carries its coarser levels' cells, and random weights skew receptive
+    fields. It catches a misplacement by more than the patch and the margin together (five cells of a stride-8
+    map fail in odam's tests); each family's own tests check the exact placement
+    (docs/ADAPTERS.md).
     """
     _, adapter = _adapter(case)
     image = case.image()
     H, W = image.shape[-2:]
 
-    def finest_features(img: Tensor) -> tuple[FeatureGroup, Tensor, Geometry]:
+    def grids(img: Tensor) -> tuple[dict[tuple, tuple[FeatureGroup, Tensor]], Geometry]:
+        """Each explained grid of the image's detections, by its shape: the group and its features."""
         trace = adapter.trace(img)
         _, groups, _ = trace.graph(trace.detections)
-        group = max(groups, key=lambda g: g.features(g.rows[:1]).shape[-2:].numel())
-        return group, group.features(group.rows[:1]), trace.geometry
+        found = {}
+        for group in groups:
+            features = group.features(group.rows[:1])
+            found.setdefault(tuple(features.shape), (group, features))
+        return found, trace.geometry
 
-    group, before, g = finest_features(image)
+    first, g = grids(image)
+    shape = max(first, key=lambda s: s[-2] * s[-1])  # the finest grid
+    group, before = first[shape]
     scale = (g.original[0] / g.resized[0], g.original[1] / g.resized[1])
     stride = getattr(group, "stride", (32, 32))
-    h, w = max(2, round(stride[0] * scale[0])), max(2, round(stride[1] * scale[1]))  # one cell
+    cell = (max(1, round(stride[0] * scale[0])), max(1, round(stride[1] * scale[1])))
+    # A patch of 2 x 2 cells, at least 16 model pixels wide; a margin of a cell, at least 16 model pixels.
+    h, w = max(2 * cell[0], round(16 * scale[0])), max(2 * cell[1], round(16 * scale[1]))
+    my, mx = max(cell[0], round(16 * scale[0])) + 1, max(cell[1], round(16 * scale[1])) + 1
     y0, x0 = int(0.6 * (H - h)), int(0.2 * (W - w))
     changed = image.clone()
     changed[:, y0:y0 + h, x0:x0 + w] = torch.rand(3, h, w, generator=torch.Generator().manual_seed(5)).to(image)
-    group, after, _ = finest_features(changed)
+    second, _ = grids(changed)
+    assert shape in second, "no detection of the changed image is explained on the finest grid; pick another image"
+    group, after = second[shape]
     placed = group.to_image((after - before).abs().sum(1), group.rows[:1])[0]
     assert placed.shape == (H, W), f"placed maps have shape {tuple(placed.shape)}, the image ({H}, {W})"
-    py, px = divmod(int(placed.argmax()), W)
-    my, mx = h + 1, w + 1  # a cell, and a pixel for rounding
+    kh, kw = h // 2 * 2 + 1, w // 2 * 2 + 1  # the peak of the change averaged over patch-sized windows
+    pooled = F.avg_pool2d(placed[None, None], (kh, kw), stride=1, padding=(kh // 2, kw // 2), count_include_pad=False)
+    py, px = divmod(int(pooled.argmax()), W)
     assert y0 - my <= py <= y0 + h + my and x0 - mx <= px <= x0 + w + mx, (
         f"the change to rows {y0}..{y0 + h}, columns {x0}..{x0 + w} is placed at ({py}, {px})")
 

@@ -28,6 +28,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from odam._image import open_image
 from odam.data.dataset import RLE, Dataset, DatasetError, ImageRecord
 
 PathLike = str | os.PathLike
@@ -432,7 +433,7 @@ def _odgt_size(obj: dict, file: Path, name: str, place: str) -> tuple[int, int]:
                 raise _fail(name, place, f"{key} must be a positive integer, got {_show(obj[key])}")
         return int(obj["width"]), int(obj["height"])
     try:
-        with Image.open(file) as image:
+        with open_image(file) as image:
             return image.size
     except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
         raise _fail(name, place, f"cannot read the size of image {file}: {err}") from err
