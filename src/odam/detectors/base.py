@@ -42,6 +42,13 @@ class Geometry:
         sx = self.resized[1] / self.original[1]
         return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
+    def to_original(self, boxes: Tensor) -> Tensor:
+        """Boxes (``Tensor[..., 4]``) from the model's resized-image pixels back to original-image pixels, with
+        torchvision's ``resize_boxes`` arithmetic (so torchvision detectors' boxes come out bit for bit)."""
+        from torchvision.models.detection.transform import resize_boxes
+
+        return resize_boxes(boxes.reshape(-1, 4), self.resized, self.original).view(boxes.shape)
+
 
 class FeatureGroup(abc.ABC):
     """Detections whose attributes are differentiated with respect to the same tensor ``input``.

@@ -343,7 +343,7 @@ class RetinaFaceAdapter(DetectorAdapter):
             boxes, scores, lvl, idx = boxes[top], scores[top], lvl[top], idx[top]
             labels = torch.ones_like(idx)
             keep = self._candidates_or_nms(boxes, scores, labels, m.nms_thresh, m.detections_per_img)
-            dets = Detections(_to_original(boxes[keep], geometry), scores[keep], labels[keep], lvl[keep], idx[keep])
+            dets = Detections(geometry.to_original(boxes[keep]), scores[keep], labels[keep], lvl[keep], idx[keep])
         state = {"ssh": ssh, "leaves": leaves, "size": tuple(x.shape[-2:]), "max_detections": m.detections_per_img}
         return Trace(dets, geometry, self, state)
 
@@ -366,7 +366,7 @@ class RetinaFaceAdapter(DetectorAdapter):
                 a = indices[sel]
                 logit = logits[0, a, 1] - logits[0, a, 0]
                 score = logit if self.score == "logit" else torch.sigmoid(logit)
-                box = _to_original(decode(loc[0, a], anchors(k, *st["size"], device=s.device)[a]), trace.geometry)
+                box = trace.geometry.to_original(decode(loc[0, a], anchors(k, *st["size"], device=s.device)[a]))
                 rows.append((sel, torch.cat([score[:, None], box * box.new_tensor([-1.0, -1.0, 1.0, 1.0])], 1)))
             if rows:
                 order = torch.cat([r[0] for r in rows])
@@ -387,14 +387,8 @@ class RetinaFaceAdapter(DetectorAdapter):
         boxes, probs = torch.cat(boxes, 1), torch.cat(probs, 1)
         top = probs[..., 1].topk(min(max_candidates, probs.shape[1]), dim=1).indices
         b = torch.arange(len(top), device=top.device)[:, None]
-        boxes, probs = _to_original(boxes[b, top], geometry), probs[b, top]
+        boxes, probs = geometry.to_original(boxes[b, top]), probs[b, top]
         scores = probs.clone()
         scores[..., 0] = 0  # background is never a detection
         return Candidates(boxes[:, :, None].expand(-1, -1, 2, -1), scores, probs, None,
                           torch.ones_like(top, dtype=torch.bool))
-
-
-def _to_original(boxes: Tensor, geometry: Geometry) -> Tensor:
-    sy = geometry.original[0] / geometry.resized[0]
-    sx = geometry.original[1] / geometry.resized[1]
-    return boxes * boxes.new_tensor([sx, sy, sx, sy])

@@ -89,11 +89,6 @@ def _prepare_batch(model: nn.Module, images: Tensor) -> tuple[ImageList, Geometr
     return ImageList(padded, [resized] * len(x)), Geometry((int(h), int(w)), resized, (ph, pw))
 
 
-def _to_original(boxes: Tensor, geometry: Geometry) -> Tensor:
-    """Boxes ``Tensor[..., 4]`` from model-input pixels to original-image pixels."""
-    return resize_boxes(boxes.reshape(-1, 4), geometry.resized, geometry.original).view(boxes.shape)
-
-
 def _run_backbone(model: nn.Module, tensors: Tensor, layer: str | nn.Module | None
                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Backbone features by level name, and the leaves (by name) that gradients are taken with respect to.
@@ -179,7 +174,7 @@ class OneStageAdapter(DetectorAdapter):
         top = scores.amax(-1).topk(k, dim=1).indices  # [B, k]
         b = torch.arange(len(top), device=top.device)[:, None]
         boxes = self._decode(out["bbox_regression"][b, top].reshape(-1, 4), anchors[top].reshape(-1, 4))
-        boxes = _to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized), geometry).view(*top.shape, 1, 4)
+        boxes = geometry.to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized)).view(*top.shape, 1, 4)
         scores = scores[b, top]
         objectness = torch.sigmoid(out["bbox_ctrness"][b, top, 0]) if self.is_fcos else None
         return Candidates(boxes.expand(-1, -1, scores.shape[-1], -1), scores, torch.sigmoid(out["cls_logits"][b, top]),
@@ -521,7 +516,7 @@ class TwoStageAdapter(DetectorAdapter):
         pooled = rh.box_roi_pool(feats, proposals, batch.image_sizes)
         class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
         boxes = rh.box_coder.decode(box_regression, proposals)  # [sum P, L, 4]
-        boxes = _to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized), geometry)
+        boxes = geometry.to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized))
         probs = torch.softmax(class_logits, -1)
         # Pad each image's proposals to a common count M.
         counts = torch.tensor([len(p) for p in proposals], device=probs.device)
