@@ -4,6 +4,8 @@
 (the bundled ``synthcrowd-fcos`` is the default model); ``odam demo --out DIR`` does the same on a bundled
 SynthCrowd scene. ``odam train`` trains a detector and ``odam data`` makes and describes datasets.
 Every error is one line on stderr (``odam: error: ...``) and exit status 2; ``--debug`` shows the traceback instead.
+Ctrl-C stops any command with one line (``odam: interrupted``) and exit status 130; every file it has written is
+complete (written atomically, journals line by line), and rerunning a resumable command continues the run.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,12 +24,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import odam
+from odam._atomic import atomic_path, atomic_write
 from odam.detectors.base import LayerError
 from odam.explainers.odam import _check_targets
 from odam.models import BUNDLED, configure
 from odam.viz import save_panel
 
 EXIT_ERROR = 2
+#: The shell's status for a command stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 DEFAULT_MODEL = "synthcrowd-fcos"
 #: A SynthCrowd crowd scene (seed 3, image 0, never used for training), shipped with the package.
 DEMO_SCENE = Path(__file__).parent / "assets" / "synthcrowd-scene.png"
@@ -49,18 +53,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["explain", "photo.png", "--model", "no-such-model", "--out", "out"])  # one line on stderr
         2
     """
-    parser = _parser()
+    debug = False
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # usage errors and --help
-        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
-    try:
-        return args.run(args)
-    except Exception as err:
-        if args.debug:
+        parser = _parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # usage errors and --help
+            return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+        debug = args.debug
+        try:
+            return args.run(args)
+        except Exception as err:
+            if debug:
+                raise
+            _report(err)
+            return EXIT_ERROR
+    except KeyboardInterrupt:
+        if debug:
             raise
-        _report(err)
-        return EXIT_ERROR
+        print("odam: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -313,7 +325,6 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
 def _evaluate_explanations(args: argparse.Namespace) -> int:
     from odam.data.stats import write_block
     from odam.evaluation import EvaluationConfig, run, summarize
-    from odam.evaluation.explanations import _claim, import_records
 
     data = Path(args.data) / args.split if args.split else Path(args.data)
     if not data.exists():
@@ -325,10 +336,7 @@ def _evaluate_explanations(args: argparse.Namespace) -> int:
         steps=args.steps, eval_every=args.eval_every, sanity_objects=args.sanity_objects, seed=args.seed,
     )
     device = _device(args.device)
-    _claim(args.out, config)
-    for other in args.imports:
-        print(f"imported {import_records(args.out, other)} records from {other}", file=sys.stderr)
-    run(config, args.out, device=device)
+    run(config, args.out, device=device, imports=args.imports)
     summary = summarize(args.out)
     text = (args.out / "summary.md").read_text(encoding="utf-8").rstrip("\n")
     print(text)
@@ -605,8 +613,8 @@ def explain_images(
         else:
             report["images"].append(entry)
             panels += len(entry["detections"])
-        _write_json(json_path, report)
-        _atomic(out / "index.html", lambda f, r=report: f.write(_index_html(r, class_names).encode("utf-8")))
+        atomic_write(json_path, json.dumps(report, indent=2))
+        atomic_write(out / "index.html", _index_html(report, class_names))
     print(f"odam: {panels} panels for {len(report['images'])} of {len(images)} images in {out}; "
           f"details in {json_path}")
     return len(report["errors"])
@@ -619,7 +627,8 @@ def _write_image(out: Path, path: str, stem: str, image: Tensor, explanation: od
     detections = []
     for k in range(len(dets)):
         name = f"{stem}_det{k}.png"
-        save_panel(out / name, image, explanation, k, class_names=class_names)
+        with atomic_path(out / name) as tmp:
+            save_panel(tmp, image, explanation, k, class_names=class_names)
         box = dets.boxes[k]
         detections.append({
             "box": [float(v) for v in box],
@@ -634,7 +643,8 @@ def _write_image(out: Path, path: str, stem: str, image: Tensor, explanation: od
         arrays = {"maps": maps.numpy(), "boxes": dets.boxes.float().numpy(),
                   "scores": dets.scores.float().numpy(), "labels": dets.labels.numpy(),
                   "targets": np.array(explanation.targets)}
-        _atomic(out / f"{stem}_maps.npz", lambda f: np.savez(f, **arrays))
+        with atomic_path(out / f"{stem}_maps.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     h, w = image.shape[-2:]
     return {"image": str(path), "width": int(w), "height": int(h), "detections": detections}
 
@@ -731,23 +741,6 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
         used.add(stem)
         stems.append(stem)
     return stems
-
-
-def _write_json(path: Path, report: dict[str, Any]) -> None:
-    text = json.dumps(report, indent=2)
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _atomic(target: Path, write: Any) -> None:
-    """Write via ``write(file)`` to a temporary file next to ``target``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _report(err: BaseException, write: Any = None) -> None:

@@ -33,6 +33,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from odam._atomic import atomic_write
 from odam.evaluation.journal import append_row, check_settings, image_rows
 
 KINDS = ("same", "different")
@@ -123,16 +124,16 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
     from odam.models import configure
 
     config.check()
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")))
     data = read_dataset(config.data)
     records = data.images[: config.max_images]
     journal = out / "images.jsonl"
-    done = image_rows(journal)
     detector = odam.load_detector(config.model)
     configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
               max_detections=config.max_predictions)
     detector.model.to(device)
+    # every setting, the data and the model are checked: only now is the folder claimed
+    check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")), [journal])
+    done = image_rows(journal)
     explainer = odam.ODAM(detector)
     todo = [r for r in records if r.id not in done]
     for record in tqdm(todo, desc="correlation", unit="image", disable=not progress, dynamic_ncols=True):
@@ -157,8 +158,8 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
         append_row(journal, row)
     rows = image_rows(journal)
     summary = summarize(config, [rows[r.id] for r in records if r.id in rows])
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(markdown([summary]) + "\n", encoding="utf-8")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "summary.md", markdown([summary]) + "\n")
     return summary
 
 

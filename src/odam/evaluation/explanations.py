@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 import odam
+from odam._atomic import atomic_write
 from odam.data.dataset import Dataset, ImageRecord
 from odam.data.io import read_dataset
 from odam.detectors import DetectorAdapter
-from odam.evaluation.journal import complete_lines
+from odam.evaluation.journal import append_rows, complete_lines, has_records
 from odam.metrics import (
     compactness,
     deletion,
@@ -110,18 +111,22 @@ class Target:
     iou: float
 
 
-def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cpu", progress: bool = True) -> Path:
+def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cpu", progress: bool = True,
+        imports: Sequence[Path] = ()) -> Path:
     """Measure every method on every selected object; append to ``out/objects.jsonl`` and ``out/sanity.jsonl``.
 
-    Returns ``out``. Raises ``ValueError`` (one line) for a dataset or model that cannot be used, or when
-    ``out`` holds a run with other settings.
+    First the records of the runs in ``imports`` are added (see :func:`import_records`). Returns ``out``.
+    Raises ``ValueError`` (one line) for a dataset or model that cannot be used, or when ``out`` holds a run
+    with other settings; ``out`` is claimed only once the dataset and the model are known to fit.
     """
     out = Path(out)
-    _claim(out, config)
     data = read_dataset(config.data)
     detector = odam.load_detector(config.model)
     detector.model.to(device).eval()
     labels = _label_map(data, detector, config)
+    _claim(out, config)
+    for other in imports:
+        tqdm.write(f"imported {import_records(out, other)} records from {other}", file=sys.stderr)
     done = _Journal(out / "objects.jsonl")
     sanity = _Journal(out / "sanity.jsonl")
     explainers = {m: _explainer(m, detector, config) for m in config.methods}
@@ -177,20 +182,20 @@ def _identity(config: EvaluationConfig) -> dict[str, Any]:
 
 
 def _claim(out: Path, config: EvaluationConfig) -> None:
-    """Create ``out`` with ``config.json``, or check that the run there measures the same way."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Create ``out`` with ``config.json``, or check that the run there measures the same way (a run there
+    without a record yet is replaced)."""
     path = out / "config.json"
     settings = _identity(config)
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         same_data = Path(str(old.get("data"))).resolve() == Path(config.data).resolve()
         changed = sorted(k for k in IDENTITY if old.get(k) != settings.get(k) and not (k == "data" and same_data))
-        if changed:
+        if not changed:
+            return
+        if has_records([out / "objects.jsonl", out / "sanity.jsonl"]):
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _label_map(data: Dataset, detector: DetectorAdapter, config: EvaluationConfig) -> dict[int, int]:
@@ -368,12 +373,8 @@ class _Journal:
         return key in self.keys
 
     def extend(self, rows: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-                self.keys.add((row["image_id"], row["ann_id"], row["method"]))
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(self.path, rows)
+        self.keys.update((row["image_id"], row["ann_id"], row["method"]) for row in rows)
 
 
 def read_journal(path: Path) -> list[dict]:

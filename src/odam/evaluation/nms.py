@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from odam._atomic import atomic_path, atomic_write
 from odam.evaluation.journal import append_row, check_settings, image_rows
 from odam.metrics.crowd import CrowdResult, DetectionSet, GroundTruth, crowd_metrics
 from odam.nms import METHODS, Suppression
@@ -79,7 +80,8 @@ class NmsConfig:
         for name in ("iou_threshold", "low", "high"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        Suppression("nms", max_candidates=self.max_candidates)  # validates max_candidates
+        for method in (*self.methods, "nms", "odam-nms"):  # validates short_edge, max_candidates, ...
+            self.suppression(method)
 
     def suppression(self, method: str) -> Suppression:
         common = {"iou_threshold": self.iou_threshold, "max_candidates": self.max_candidates,
@@ -97,15 +99,12 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     from odam.explainers.odam import ODAM
 
     config.check()
-    out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")))
     data = read_dataset(config.data)
     if len(data.categories) != 1:
         raise ValueError(f"evaluate nms measures one class (CrowdHuman's person); {config.data} has "
                          f"{len(data.categories)} categories: {', '.join(data.categories)}")
     records = data.images[: config.max_images] if config.max_images else data.images
     journal = out / "images.jsonl"
-    done = image_rows(journal)
     detector = odam.load_detector(config.model, nms=config.suppression("nms"))
     detector.model.to(device)
     featurer = None
@@ -116,6 +115,9 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
                              f"{config.feature_model or config.model} has none (pass --feature-model, trained "
                              "with 'odam train --feature-embedding')")
         featurer.model.to(device)
+    # every setting, the data and the models are checked: only now is the folder claimed
+    check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")), [journal])
+    done = image_rows(journal)
     explainer = ODAM(detector, frozen_norm=config.frozen_norm)
     todo = [r for r in records if r.id not in done]
     warm = True  # the first image of each process is not timed
@@ -174,7 +176,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     rows = image_rows(journal)
     rows = [rows[r.id] for r in records if r.id in rows]
     summary = summarize(config, records, rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if config.sweep:
         write_sweep(summary, out)
     return summary
@@ -253,10 +255,9 @@ def write_sweep(summary: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     sweep = summary["sweep"]
-    with open(out / "sweep.csv", "w", encoding="utf-8") as f:
-        f.write("T_l,T_h,AP,JI,MR,recall_crowd\n")
-        for key, m in sweep.items():
-            f.write(f"{key},{m['ap']:.4f},{m['ji']:.4f},{m['mr']:.4f},{m['recall_crowd']:.4f}\n")
+    csv = ["T_l,T_h,AP,JI,MR,recall_crowd"]
+    csv += [f"{key},{m['ap']:.4f},{m['ji']:.4f},{m['mr']:.4f},{m['recall_crowd']:.4f}" for key, m in sweep.items()]
+    atomic_write(out / "sweep.csv", "\n".join(csv) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (name, label) in zip(axes, (("mr", "MR⁻² (%) ↓"), ("ji", "JI (%) ↑"), ("ap", "AP (%) ↑")), strict=True):
         grid = np.array([[100 * sweep[f"{lo:g},{hi:g}"][name] for hi in SWEEP_HIGH] for lo in SWEEP_LOW])
@@ -274,8 +275,11 @@ def write_sweep(summary: dict, out: Path) -> None:
     fig.suptitle(f"Odam-NMS thresholds, {Path(summary['model']).name} ({summary['images']} images); "
                  "★ T_l = 0, T_h = 1 (classical NMS)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(out / "sweep.png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _label(summary: dict, method: str) -> str:

@@ -42,11 +42,12 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from odam._atomic import atomic_path, atomic_write
 from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
 from odam.data.io import read_dataset
 from odam.losses import NEGATIVES
-from odam.models import _atomic, create_model, save_checkpoint
+from odam.models import create_model, save_checkpoint
 
 #: The name of label 0 in checkpoint categories, which are indexed by label as torchvision's are.
 BACKGROUND = "__background__"
@@ -524,8 +525,9 @@ def _save(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: 
             if buf is not None:
                 tensors[f"momentum.{names[id(p)]}"] = buf.detach().to("cpu").contiguous().clone()
     text = json.dumps(state, indent=2, allow_nan=False)
-    _atomic(out / _STATE, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"state": text}))
-    _atomic(out / _STATE_JSON, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(out / _STATE) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"state": text})
+    atomic_write(out / _STATE_JSON, text + "\n")
     extra = {
         "preprocessing": {"min_size": config.min_size, "max_size": config.max_size,
                           "image_mean": list(model.transform.image_mean), "image_std": list(model.transform.image_std),
