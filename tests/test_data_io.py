@@ -160,7 +160,9 @@ def test_coco_output_format(tmp_path: Path) -> None:
     first, second, third = coco["annotations"][:3]
     assert first["bbox"] == [2, 3, 10, 17] and first["area"] == 90  # the mask's 9x10 pixels, not the box's
     assert "vbox" not in second and second["hbox"] == [0, -2, 4, 4]
-    assert second["bbox"] == [-5, 1, 15.25, 29]
+    assert second["bbox"] == [0, 1, 10.25, 23]  # clipped to the 32x24 image, as COCO's convention is
+    assert second["amodal_bbox"] == [-5, 1, 15.25, 29]  # the full box, where it extends past the image
+    assert "amodal_bbox" not in first and "amodal_bbox" not in third
     assert third["iscrowd"] == 1 and third["area"] == 0 and "hbox" not in third
     no_masks = Dataset([record(1, tmp_path / "a.png", [[2, 3, 12.5, 20]], [1])], ("person",))
     assert to_coco_dict(no_masks)["annotations"][0]["area"] == 178.5  # full box 10.5 x 17
@@ -172,7 +174,7 @@ def test_to_coco_dict_is_a_pycocotools_ground_truth(tmp_path: Path) -> None:
     gt.dataset = to_coco_dict(dataset)
     dets = [{"image_id": r.id, "category_id": int(label), "bbox": [float(x1), float(y1), float(x2 - x1),
                                                                      float(y2 - y1)], "score": 0.9}
-            for r in dataset.images for (x1, y1, x2, y2), label in zip(r.boxes, r.labels, strict=True)]
+            for r in dataset.images for (x1, y1, x2, y2), label in zip(r.clipped_boxes, r.labels, strict=True)]
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(dets), "bbox")
@@ -343,7 +345,7 @@ COCO_ERRORS = [  # (text or change of coco_base(), place, problem)
     (lambda d: d["images"].append({"id": 2, "file_name": "c.png", "width": 1, "height": 1}) or d, "image 2",
      "duplicate id (images[1] and images[2])"),
     (lambda d: d["images"][1].pop("width") and d, "image 2", "missing key 'width'"),
-    (lambda d: d["images"][1].update(height=0) or d, "image 2", "height must be a positive integer, got 0"),
+    (lambda d: d["images"][1].update(height=0) or d, "image 2", "height must be an integer in 1..32768, got 0"),
     (lambda d: d["images"][1].update(file_name="zz.png") or d, "image 2", "zz.png not found"),
     (lambda d: d["images"].append(3) or d, "images[2]", "expected a JSON object, got number"),
     (lambda d: d["categories"].append({"id": 5, "name": "dog"}) or d, "category 5",
@@ -388,7 +390,7 @@ ODGT_ERRORS = [  # (text or change of odgt_base(), place, problem)
     (lambda ls: ls[1].update(ID="a") or ls, "line 2", 'duplicate ID "a" (also line 1)'),
     (lambda ls: ls[1].update(gtboxes={}) or ls, "line 2", "gtboxes must be an array, got object"),
     (lambda ls: ls[1].pop("height") and ls, "line 2", "has width but no height"),
-    (lambda ls: ls[1].update(width=-3) or ls, "line 2", "width must be a positive integer, got -3"),
+    (lambda ls: ls[1].update(width=-3) or ls, "line 2", "width must be an integer in 1..32768, got -3"),
     (lambda ls: box(ls, fbox=...), "line 2: gtboxes[1]", "missing key 'fbox'"),
     (lambda ls: box(ls, tag=...), "line 2: gtboxes[1]", "missing key 'tag'"),
     (lambda ls: box(ls, tag="car"), "line 2: gtboxes[1]", 'unknown tag "car" (categories: person, or mask)'),

@@ -29,7 +29,9 @@ class ImageRecord:
         id: the image id (COCO ``image.id``; for odgt, the line number starting at 1).
         file: the image file, resolved against the dataset's image folder.
         width, height: image size in pixels.
-        boxes: ``float32 [N, 4]`` numpy array: the full (amodal) box of each object, ``xyxy``.
+        boxes: ``float32 [N, 4]`` numpy array: the full (amodal) box of each object, ``xyxy``. It may extend
+            past the image border (a person cut off by the border keeps their whole body's box, as CrowdHuman's
+            ``fbox``); :attr:`clipped_boxes` is the same box clipped to the image, as COCO's ``bbox``.
         labels: ``int64 [N]``: 1-based category index.
         ignore: ``bool [N]``: objects to ignore in training and evaluation (COCO ``iscrowd``, odgt
             ``extra.ignore``).
@@ -55,6 +57,25 @@ class ImageRecord:
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    @property
+    def clipped_boxes(self) -> np.ndarray:
+        """``float32 [N, 4]``: :attr:`boxes` clipped to the image, ``0 <= x <= width``, ``0 <= y <= height``.
+
+        This is COCO's ``bbox`` (what :func:`odam.data.write_coco` writes there) and what detectors, which
+        predict inside the image, are trained on and matched against. A new array on each call.
+
+        Example:
+            >>> from pathlib import Path
+            >>> boxes = np.array([[-4, 5, 16, 55]], np.float32)
+            >>> rec = ImageRecord(1, Path("a.png"), 64, 48, boxes, np.array([1]), np.array([False]),
+            ...                   boxes * np.nan, boxes * np.nan, None, np.array([1]))
+            >>> rec.clipped_boxes.tolist()
+            [[0.0, 5.0, 16.0, 48.0]]
+        """
+        boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        limit = np.array([self.width, self.height, self.width, self.height], np.float32)
+        return np.clip(boxes, np.float32(0), limit)
 
 
 @dataclass(eq=False)

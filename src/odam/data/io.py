@@ -6,6 +6,20 @@ Readers check everything they read. A file that cannot be read raises :class:`Da
 and ``line <n>`` (plus ``gtboxes[j]`` for one box) for odgt. A file that is missing or whose layout is
 unknown raises a message with no place: ``"<file>: <problem>"``.
 
+Limits, so that no file can make a reader (or pycocotools behind it) allocate without bound or crash: an image
+side is at most :data:`MAX_IMAGE_SIDE` pixels, and every box coordinate and polygon vertex lies within
+:data:`MAX_OUTSIDE` image sizes of the image (``-MAX_OUTSIDE * width <= x <= (MAX_OUTSIDE + 1) * width``, and
+likewise for ``y``), which leaves room for amodal boxes and keeps every value exact enough in float32. A
+compressed RLE is decoded by odam (not by pycocotools) and checked before pycocotools sees it. JSON nested
+deeper than Python can parse is an error of the file, not a ``RecursionError``.
+
+Boxes. In memory, ``ImageRecord.boxes`` is the full (amodal) box. A COCO ``bbox`` is clipped to the image, as
+COCO's convention and every COCO tool assume: :func:`write_coco` writes the clipped box as ``bbox`` and, where
+the full box extends past the image, the full box as ``amodal_bbox`` (``[x, y, w, h]``, odam's own key, which
+other tools ignore). :func:`read_coco` takes ``amodal_bbox`` as the full box where present (its ``bbox`` must
+then be it clipped to the image, within :data:`CLIP_TOLERANCE` pixels), else ``bbox``. odgt keeps
+CrowdHuman's amodal ``fbox``.
+
 Writers check the in-memory dataset first (``ValueError`` for one that the readers would refuse), serialise it
 in full, then replace the target file atomically, so a failure leaves an existing file as it was. Output is
 byte-stable: coordinates are rounded to 2 decimals and written as integers where they are whole.
@@ -36,8 +50,19 @@ PathLike = str | os.PathLike
 #: The extensions tried, in order, for an odgt line with an ``ID`` but no ``file_name``.
 ODGT_EXTENSIONS = (".jpg", ".png", ".jpeg")
 
+#: The largest image width or height the readers accept (an RLE mask of 2**30 pixels still fits pycocotools'
+#: 32-bit counts).
+MAX_IMAGE_SIDE = 32768
+#: How many image sizes beyond the border a box coordinate or polygon vertex may lie (amodal boxes extend past
+#: the border; a huge polygon makes pycocotools allocate memory in proportion to its perimeter, or crash).
+MAX_OUTSIDE = 8
+#: How far (pixels) a COCO ``bbox`` may differ from its ``amodal_bbox`` clipped to the image (the writers round
+#: ``[x, y, w, h]`` to 2 decimals).
+CLIP_TOLERANCE = 0.02
+
 _DECIMALS = 2
 _NAN_BOX = (math.nan,) * 4
+_INFO_DEPTH = 64  # how deeply the free-form COCO ``info`` may nest (the writers serialise it recursively)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -50,11 +75,13 @@ def read_coco(path: PathLike, image_dir: PathLike | None = None) -> Dataset:
 
     Category ids may be arbitrary (COCO's 1..90 with gaps): they become labels 1..K in ascending id order, and
     ``categories`` lists the names in that order. Images keep the order of the ``images`` array and objects
-    the order of ``annotations``. ``bbox`` is the full box ``[x, y, w, h]``; the optional ``vbox`` (visible)
-    and ``hbox`` (head) boxes become NaN rows where absent. ``ignore`` is ``iscrowd or ignore``. If any
+    the order of ``annotations``. The full box ``[x, y, w, h]`` is ``amodal_bbox`` where present (``bbox`` must
+    then be it clipped to the image), else ``bbox``; the optional ``vbox`` (visible) and ``hbox`` (head) boxes
+    become NaN rows where absent. ``ignore`` is ``iscrowd or ignore``. If any
     annotation has a ``segmentation`` (polygons, uncompressed or compressed RLE), every image gets ``masks``:
     compressed RLEs with ``str`` counts, an empty mask where an annotation has none; otherwise ``masks`` is
-    ``None``. A full box may extend past the image border but must overlap the image.
+    ``None``. A full box may extend past the image border but must overlap the image. Sizes, coordinates and
+    masks are checked against the limits of the module docstring before pycocotools sees them.
 
     Args:
         path: the ``.json`` annotation file.
@@ -66,8 +93,9 @@ def read_coco(path: PathLike, image_dir: PathLike | None = None) -> Dataset:
 
     Raises:
         DatasetError: for a missing or unreadable file, invalid JSON (with its line and column), a missing
-            key, a wrong type, a duplicate id, an unknown image or category id, a box with non-positive size
-            or wholly outside its image, an invalid segmentation, or a missing image file.
+            key, a wrong type, a duplicate id, an unknown image or category id, a box with non-positive size,
+            wholly outside its image or too far from it, a ``bbox`` that is not its ``amodal_bbox`` clipped, an
+            invalid polygon or RLE, JSON nested too deeply, or a missing image file.
 
     Example:
         >>> import json, tempfile
@@ -92,6 +120,8 @@ def read_coco(path: PathLike, image_dir: PathLike | None = None) -> Dataset:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise _fail(name, f"line {err.lineno} column {err.colno}", f"invalid JSON: {err.msg}") from err
+    except RecursionError as err:
+        raise _fail(name, "top level", "JSON nested too deeply to parse") from err
     _check_coco(data, name)
 
     coco = COCO()
@@ -115,7 +145,7 @@ def read_coco(path: PathLike, image_dir: PathLike | None = None) -> Dataset:
         boxes, vboxes, hboxes, ignore, masks = [], [], [], [], []
         for ann in anns:
             place = f"annotation {ann['id']}"
-            boxes.append(_box(ann, "bbox", width, height, name, place, inside=True))
+            boxes.append(_full_box(ann, width, height, name, place))
             vboxes.append(_box(ann, "vbox", width, height, name, place, inside=True) if "vbox" in ann else _NAN_BOX)
             hboxes.append(_box(ann, "hbox", width, height, name, place, inside=False) if "hbox" in ann else _NAN_BOX)
             ignore.append(_flag(ann, "iscrowd", name, place) | _flag(ann, "ignore", name, place))
@@ -154,8 +184,9 @@ def read_odgt(path: PathLike, image_dir: PathLike | None = None, categories: Seq
 
     Raises:
         DatasetError: for a missing or unreadable file, a line that is not a JSON object, a missing key, a
-            wrong type, a duplicate ``ID``, an unknown tag, a box with non-positive size or wholly outside
-            the image, a missing image file, or an image whose header cannot be read.
+            wrong type, a duplicate ``ID``, an unknown tag, a box with non-positive size, wholly outside the
+            image or too far from it, JSON nested too deeply, a missing image file, or an image whose header
+            cannot be read.
         ValueError: if ``categories`` is not a non-empty sequence of distinct non-empty names.
 
     Example:
@@ -190,6 +221,8 @@ def read_odgt(path: PathLike, image_dir: PathLike | None = None, categories: Seq
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise _fail(name, place, f"invalid JSON at column {err.colno}: {err.msg}") from err
+        except RecursionError as err:
+            raise _fail(name, place, "JSON nested too deeply to parse") from err
         if not isinstance(obj, dict):
             raise _fail(name, place, f"expected a JSON object, got {_kind(obj)}")
         for key in ("ID", "gtboxes"):
@@ -215,6 +248,8 @@ def read_odgt(path: PathLike, image_dir: PathLike | None = None, categories: Seq
                 if key not in gt:
                     raise _fail(name, where, f"missing key {key!r}")
             tag = gt["tag"]
+            if not isinstance(tag, str):
+                raise _fail(name, where, f"tag must be a string, got {_kind(tag)}")
             if tag in label_of:
                 label, ignored = label_of[tag], False
             elif tag == "mask":
@@ -299,6 +334,8 @@ def _check_coco(data: Any, name: str) -> None:
             raise _fail(name, "top level", f"{key!r} must be an array, got {_kind(data[key])}")
     if not isinstance(data.get("info", {}), dict):
         raise _fail(name, "top level", f"'info' must be an object, got {_kind(data['info'])}")
+    if _depth(data.get("info", {}), _INFO_DEPTH) > _INFO_DEPTH:
+        raise _fail(name, "top level", f"'info' is nested deeper than {_INFO_DEPTH} levels")
 
     cat_ids = _check_items(data["categories"], "category", "categories", ("name",), name, positive=False)
     first_name: dict[str, int] = {}
@@ -318,7 +355,7 @@ def _check_coco(data: Any, name: str) -> None:
             raise _fail(name, place, f"file_name must be a non-empty string, got {_show(image['file_name'])}")
         for key in ("width", "height"):
             if not _is_size(image[key]):
-                raise _fail(name, place, f"{key} must be a positive integer, got {_show(image[key])}")
+                raise _fail(name, place, f"{key} must be an integer in 1..{MAX_IMAGE_SIDE}, got {_show(image[key])}")
 
     _check_items(data["annotations"], "annotation", "annotations", ("image_id", "category_id", "bbox"), name,
                  positive=True)  # pycocotools' COCOeval reads annotation id 0 as "unmatched"
@@ -376,28 +413,77 @@ def _segmentation(ann: dict, height: int, width: int, name: str, place: str) -> 
                                      f"[height, width] [{height}, {width}]")
         counts = seg["counts"]
         if isinstance(counts, str):
-            try:
-                rle = {"size": [height, width], "counts": counts.encode("ascii")}
-            except UnicodeEncodeError as err:
-                raise _fail(name, place, "segmentation counts must be an ASCII string") from err
-            if not 0 <= mask_utils.area(rle) <= height * width:  # a cheap check; only decoding proves an RLE
-                raise _fail(name, place, f"segmentation counts do not describe a {height}x{width} mask")
+            problem = _rle_problem(counts, height * width)
+            if problem:
+                raise _fail(name, place, f"segmentation counts are not a compressed RLE of a {height}x{width} "
+                                         f"mask: {problem}")
+            # pycocotools re-encodes the counts odam decoded, so it never parses an unchecked string
+            counts = [int(c) for c in _decode_rle(counts)]
         elif isinstance(counts, list):
             if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
                 raise _fail(name, place, f"uncompressed segmentation counts must be non-negative integers "
                                          f"summing to {height}*{width} = {height * width}")
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
         else:
             raise _fail(name, place, f"segmentation counts must be a string or an array, got {_kind(counts)}")
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     elif isinstance(seg, list):
         for k, poly in enumerate(seg):
             if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(map(_finite, poly))):
                 raise _fail(name, place, f"segmentation polygon {k} must be an even number (at least 6) of "
                                          f"finite coordinates, got {_show(poly)}")
+            if not (all(_near(v, width) for v in poly[0::2]) and all(_near(v, height) for v in poly[1::2])):
+                raise _fail(name, place, f"segmentation polygon {k} reaches more than {MAX_OUTSIDE} image sizes "
+                                         f"beyond the {width}x{height} image")
         rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in poly] for poly in seg], height, width))
     else:
         raise _fail(name, place, f"segmentation must be an array of polygons or an RLE object, got {_kind(seg)}")
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _decode_rle(counts: str) -> np.ndarray:
+    """The run lengths of a compressed RLE string, decoded as pycocotools' ``rleFrString`` does, in numpy.
+
+    Each run is a little-endian group of 5-bit digits (character ``48 + digit``, bit 0x20 = more digits follow,
+    bit 0x10 of the last = negative); from the fourth run on, each is stored as the difference to the run two
+    before. The caller checks the characters and group lengths first (:func:`_rle_problem`).
+
+    Returns:
+        ``int64 [R]``: the runs (possibly negative or huge for a corrupt string).
+    """
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    last = (c & 0x20) == 0  # the last digit of each run
+    index = np.arange(len(c))
+    starts = np.concatenate([[0], index[last][:-1] + 1]) if len(c) else np.zeros(0, np.int64)
+    digit = index - np.repeat(starts, np.diff(np.concatenate([starts, [len(c)]])))
+    values = np.add.reduceat((c & 0x1F) << (5 * digit), starts) if len(c) else np.zeros(0, np.int64)
+    ends = index[last]
+    negative = (c[ends] & 0x10) != 0
+    values = values - np.where(negative, np.int64(1) << (5 * (digit[ends] + 1)), 0)
+    runs = values.copy()  # runs[m] = values[m] + runs[m - 2] for m > 2
+    runs[2::2] = np.cumsum(values[2::2])
+    runs[1::2] = np.cumsum(values[1::2])
+    return runs
+
+
+def _rle_problem(counts: str, pixels: int) -> str | None:
+    """Why a compressed RLE string cannot describe a mask of ``pixels`` pixels, or ``None`` if it can."""
+    if not counts.isascii():
+        return "characters outside '0'..'o'"
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
+    if ((c < 0) | (c >= 64)).any():
+        return "characters outside '0'..'o'"
+    if len(c) and c[-1] & 0x20:
+        return "the string ends inside a run"
+    last = np.flatnonzero((c & 0x20) == 0)
+    if len(last) and np.diff(np.concatenate([[-1], last])).max() > 7:
+        return "a run of more than 7 digits"  # 35 bits; a run of a 32768x32768 mask needs 32
+    runs = _decode_rle(counts)
+    if (runs < 0).any():
+        return "a negative run"
+    total = int(runs.sum())
+    if total != pixels:
+        return f"the runs cover {total} pixels, not {pixels}"
+    return None
 
 
 def _empty_rle(height: int, width: int) -> RLE:
@@ -430,13 +516,16 @@ def _odgt_size(obj: dict, file: Path, name: str, place: str) -> tuple[int, int]:
     if given:
         for key in given:
             if not _is_size(obj[key]):
-                raise _fail(name, place, f"{key} must be a positive integer, got {_show(obj[key])}")
+                raise _fail(name, place, f"{key} must be an integer in 1..{MAX_IMAGE_SIDE}, got {_show(obj[key])}")
         return int(obj["width"]), int(obj["height"])
     try:
         with open_image(file) as image:
-            return image.size
+            width, height = image.size
     except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
         raise _fail(name, place, f"cannot read the size of image {file}: {err}") from err
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise _fail(name, place, f"image {file} is {width}x{height}, larger than {MAX_IMAGE_SIDE} pixels a side")
+    return width, height
 
 
 def _box(obj: dict, key: str, width: int, height: int, name: str, place: str, *,
@@ -452,9 +541,33 @@ def _box(obj: dict, key: str, width: int, height: int, name: str, place: str, *,
     x, y, w, h = (float(v) for v in value)
     if w <= 0 or h <= 0:
         raise _fail(name, place, f"box {key} {_show(value)} has non-positive size")
+    if not (_near(x, width) and _near(x + w, width) and _near(y, height) and _near(y + h, height)):
+        raise _fail(name, place, f"box {key} {_show(value)} reaches more than {MAX_OUTSIDE} image sizes beyond "
+                                 f"the {width}x{height} image")
     if inside and (x + w <= 0 or y + h <= 0 or x >= width or y >= height):
         raise _fail(name, place, f"box {key} {_show(value)} lies entirely outside the {width}x{height} image")
-    return x, y, x + w, y + h
+    x1, y1, x2, y2 = (float(v) for v in np.array([x, y, x + w, y + h], np.float32))
+    if x2 <= x1 or y2 <= y1:
+        raise _fail(name, place, f"box {key} {_show(value)} has non-positive size in float32")
+    return x1, y1, x2, y2
+
+
+def _near(value: float, size: int) -> bool:
+    """Whether a coordinate lies within ``MAX_OUTSIDE`` image sizes of an image side of ``size`` pixels."""
+    return -MAX_OUTSIDE * size <= value <= (MAX_OUTSIDE + 1) * size
+
+
+def _full_box(ann: dict, width: int, height: int, name: str, place: str) -> tuple[float, float, float, float]:
+    """The full box of a COCO annotation: ``amodal_bbox`` where present (``bbox`` must be it clipped), else ``bbox``."""
+    bbox = _box(ann, "bbox", width, height, name, place, inside=True)
+    if "amodal_bbox" not in ann:
+        return bbox
+    full = _box(ann, "amodal_bbox", width, height, name, place, inside=True)
+    clipped = (max(full[0], 0.0), max(full[1], 0.0), min(full[2], width), min(full[3], height))
+    if max(abs(a - b) for a, b in zip(clipped, bbox, strict=True)) > CLIP_TOLERANCE:
+        raise _fail(name, place, f"bbox {_show(ann['bbox'])} is not amodal_bbox {_show(ann['amodal_bbox'])} "
+                                 f"clipped to the {width}x{height} image")
+    return full
 
 
 def _boxes(rows: list[tuple[float, float, float, float]]) -> np.ndarray:
@@ -504,6 +617,8 @@ def _show(value: Any, limit: int = 80) -> str:
     """``value`` as it looks in JSON, shortened to ``limit`` characters."""
     try:
         text = json.dumps(value, ensure_ascii=False)
+    except RecursionError:  # nested too deeply to show
+        text = f"<deeply nested {_kind(value)}>"
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -526,9 +641,23 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_size(value: Any) -> bool:
-    """A positive integer, or a float with an integer value (some tools write ``640.0``)."""
+    """An integer in ``1..MAX_IMAGE_SIDE``, or a float with such a value (some tools write ``640.0``)."""
     whole = _is_int(value) or (isinstance(value, float) and value.is_integer())
-    return whole and value > 0
+    return whole and 0 < value <= MAX_IMAGE_SIDE
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar is 0), counted without recursion up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _finite(value: Any) -> bool:
@@ -549,11 +678,13 @@ def to_coco_dict(dataset: Dataset) -> dict[str, Any]:
     """The COCO dict :func:`write_coco` writes: for a ``pycocotools`` ground truth (``coco.dataset = ...``).
 
     ``images`` are ``{id, file_name (file.name), width, height}``; ``categories`` are ``{id: 1..K, name}``;
-    ``annotations`` are ``{id, image_id, category_id, bbox, [vbox], [hbox], [segmentation], area, iscrowd}``
-    with ``[x, y, w, h]`` boxes rounded to 2 decimals, ``vbox``/``hbox`` left out where NaN,
-    ``segmentation`` (RLE with ``str`` counts) only where ``masks`` is not ``None``, ``area`` the mask area
-    where there is a mask, else the full box area, and ``iscrowd`` = ``ignore``. ``info`` is a shallow copy
-    of ``dataset.info``.
+    ``annotations`` are ``{id, image_id, category_id, bbox, [amodal_bbox], [vbox], [hbox], [segmentation],
+    area, iscrowd}`` with ``[x, y, w, h]`` boxes rounded to 2 decimals. ``bbox`` is the full box clipped to the
+    image (COCO's convention, :attr:`ImageRecord.clipped_boxes`); ``amodal_bbox`` is the full box itself, written
+    only where it extends past the image (elsewhere it equals ``bbox``). ``vbox``/``hbox`` are left out where
+    NaN, ``segmentation`` (RLE with ``str`` counts) is there only where ``masks`` is not ``None``, ``area`` is
+    the mask area where there is a mask, else the area of ``bbox``, and ``iscrowd`` = ``ignore``. ``info`` is a
+    shallow copy of ``dataset.info``.
 
     Args:
         dataset: the dataset.
@@ -564,8 +695,8 @@ def to_coco_dict(dataset: Dataset) -> dict[str, Any]:
     Raises:
         ValueError: for a dataset the readers would refuse: arrays of inconsistent shape, a label outside
             ``1..len(categories)``, duplicate or non-positive annotation ids, duplicate image ids, a box with
-            non-positive size (after rounding) or wholly outside its image, a partly NaN row, a mask whose
-            size is not the image's.
+            non-positive size (after rounding, also once clipped to the image) or wholly outside its image, a
+            partly NaN row, a mask whose size is not the image's.
 
     Example:
         >>> import numpy as np
@@ -573,23 +704,30 @@ def to_coco_dict(dataset: Dataset) -> dict[str, Any]:
         >>> from odam.data import Dataset, ImageRecord
         >>> nan = np.full((1, 4), np.nan, np.float32)
         >>> rec = ImageRecord(id=1, file=Path("images/a.png"), width=64, height=48,
-        ...     boxes=np.array([[10, 5, 30.5, 35]], np.float32), labels=np.array([1]), ignore=np.array([False]),
-        ...     vboxes=nan, hboxes=nan, masks=None, ann_ids=np.array([7]))
+        ...     boxes=np.array([[10, 5, 30.5, 35], [-4, 20, 16, 60]], np.float32), labels=np.array([1, 1]),
+        ...     ignore=np.array([False, False]), vboxes=np.full((2, 4), np.nan, np.float32),
+        ...     hboxes=np.full((2, 4), np.nan, np.float32), masks=None, ann_ids=np.array([7, 8]))
         >>> coco = to_coco_dict(Dataset([rec], ("person",)))
-        >>> coco["images"], coco["annotations"]
-        ([{'id': 1, 'file_name': 'a.png', 'width': 64, 'height': 48}], [{'id': 7, 'image_id': 1, \
-'category_id': 1, 'bbox': [10, 5, 20.5, 30], 'area': 615, 'iscrowd': 0}])
+        >>> coco["images"], coco["annotations"][0]
+        ([{'id': 1, 'file_name': 'a.png', 'width': 64, 'height': 48}], {'id': 7, 'image_id': 1, \
+'category_id': 1, 'bbox': [10, 5, 20.5, 30], 'area': 615, 'iscrowd': 0})
+        >>> coco["annotations"][1]["bbox"], coco["annotations"][1]["amodal_bbox"]  # cut off by the border
+        ([0, 20, 16, 28], [-4, 20, 20, 40])
     """
     _check_dataset(dataset)
     images, annotations = [], []
     for rec in dataset.images:
         images.append({"id": int(rec.id), "file_name": Path(rec.file).name, "width": int(rec.width),
                        "height": int(rec.height)})
+        clipped = rec.clipped_boxes
         for k in range(len(rec)):
             where = f"image {rec.id}: annotation {int(rec.ann_ids[k])}"
-            bbox = _box_out(rec.boxes[k], "box", rec, where, inside=True)
+            full = _box_out(rec.boxes[k], "box", rec, where, inside=True)
+            bbox = _box_out(clipped[k], "box clipped to the image", rec, where, inside=True)
             ann: dict[str, Any] = {"id": int(rec.ann_ids[k]), "image_id": int(rec.id),
                                    "category_id": int(rec.labels[k]), "bbox": bbox}
+            if full != bbox:
+                ann["amodal_bbox"] = full
             for key, rows, inside in (("vbox", rec.vboxes, True), ("hbox", rec.hboxes, False)):
                 if not np.isnan(rows[k]).all():
                     ann[key] = _box_out(rows[k], key, rec, where, inside=inside)

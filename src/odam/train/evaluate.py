@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 
 import numpy as np
@@ -18,23 +17,14 @@ from odam.data.dataset import Dataset
 
 
 def ground_truth(dataset: Dataset) -> COCO:
-    """A pycocotools ``COCO`` of ``dataset`` whose boxes are clipped to the image and whose ignored objects are
-    ``iscrowd`` regions: detectors predict inside the image, and COCOeval neither rewards nor penalises
-    detections of ignored objects."""
+    """A pycocotools ``COCO`` of ``dataset``: exactly what :func:`odam.data.write_coco` writes to
+    ``annotations.json``, so pycocotools run on that file gives the same numbers. Its ``bbox`` is the full box
+    clipped to the image (detectors predict inside it) and its ignored objects are ``iscrowd`` regions, which
+    COCOeval neither rewards nor penalises."""
     from odam.data.io import to_coco_dict
 
-    data = copy.deepcopy(to_coco_dict(dataset))
-    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
-    for ann in data["annotations"]:
-        w, h = sizes[ann["image_id"]]
-        x0, y0, bw, bh = ann["bbox"]
-        x1, y1 = min(x0 + bw, w), min(y0 + bh, h)
-        x0, y0 = max(x0, 0.0), max(y0, 0.0)
-        ann["bbox"] = [x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)]
-        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-        ann.pop("segmentation", None)
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = to_coco_dict(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
