@@ -179,7 +179,7 @@ def test_files_round_trip_and_errors(tmp_path) -> None:
     assert r.recall == 1.0 and r.gt_total == 1
     bad = tmp_path / "bad.odgt"
     bad.write_text('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [1, 2]}]}\n')
-    with pytest.raises(ValueError, match=r"bad.odgt: line 1: each gtbox needs 'fbox'"):
+    with pytest.raises(ValueError, match=r"bad.odgt: line 1: gtboxes\[0\]: each gtbox needs 'fbox'"):
         read_ground_truth(bad)
     bad.write_text('{"ID": "a"\n')
     with pytest.raises(ValueError, match="line 1: invalid JSON"):

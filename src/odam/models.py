@@ -248,8 +248,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         ``(model, config)``: the model in eval mode on the CPU, and the parsed ``config.json``.
 
     Raises:
-        ValueError: ``not a valid odam checkpoint <path>: <reason>`` for a missing file, invalid JSON, a
-            wrong format or version, an unknown spec, or tensors that do not match the architecture.
+        ValueError: ``not a valid odam checkpoint <path>: <reason>`` (one line) for a missing file, invalid
+            JSON, a wrong format or version, an unknown spec, a model keyword of the wrong type or outside its
+            bounds (:data:`KWARG_BOUNDS`; the reason names ``config.json`` and ``kwargs.<name>``), or tensors that
+            do not match the architecture. Nothing is built before the config is checked.
 
     Example:
         >>> import tempfile
@@ -284,25 +286,31 @@ def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise _Invalid(f"cannot read {_CONFIG}: {_one_line(err)}") from err
+    except RecursionError as err:
+        raise _Invalid(f"cannot read {_CONFIG}: JSON nested too deeply to parse") from err
     if not isinstance(config, dict) or config.get("format") != _FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise _Invalid(f"{_CONFIG} has format {found!r}, expected {_FORMAT!r}")
-    if config.get("version") != _VERSION:
-        raise _Invalid(f"unsupported version {config.get('version')!r}, expected {_VERSION}")
+        raise _Invalid(f"{_CONFIG} has format {_shown(found)}, expected {_FORMAT!r}")
+    if config.get("version") != _VERSION or isinstance(config.get("version"), bool):
+        raise _Invalid(f"unsupported version {_shown(config.get('version'))}, expected {_VERSION}")
     spec, kwargs = config.get("spec"), config.get("kwargs", {})
     if not isinstance(spec, str) or not spec.startswith((_PREFIX, _ODAM)):
-        raise _Invalid(f"spec must be '{_PREFIX}<builder>' or '{_ODAM}<arch>', got {spec!r}")
+        raise _Invalid(f"spec must be '{_PREFIX}<builder>' or '{_ODAM}<arch>', got {_shown(spec)}")
     if not isinstance(kwargs, dict):
-        raise _Invalid(f"kwargs must be an object, got {kwargs!r}")
+        raise _Invalid(f"kwargs must be an object, got {_shown(kwargs)}")
+    for key, value in kwargs.items():
+        problem = _kwarg_problem(key, value)
+        if problem:
+            raise _Invalid(f"{_CONFIG}: kwargs.{key} {problem}, got {_shown(value)}")
     categories = config.get("categories")
     if categories is not None and not (
         isinstance(categories, list) and all(isinstance(c, str) for c in categories)
     ):
-        raise _Invalid(f"categories must be a list of strings or null, got {categories!r}")
+        raise _Invalid(f"categories must be a list of strings or null, got {_shown(categories)}")
     try:
         model = create_model(spec, weights="none", **kwargs)
-    except ValueError as err:
-        raise _Invalid(_one_line(err)) from err
+    except (TypeError, ValueError) as err:  # TypeError: a value of the right JSON type that the builder refuses
+        raise _Invalid(f"{_CONFIG}: {_one_line(err)}") from err
     try:
         state = safetensors.torch.load_file(tensors_path, device="cpu")
     except (OSError, SafetensorError) as err:
@@ -321,6 +329,83 @@ def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise _Invalid(f"tensor shapes differ from {spec} with {kwargs}: {_some(wrong)}")
     model.load_state_dict(state, strict=True)
     return model.eval(), config
+
+
+#: Bounds of the numeric model keywords a checkpoint's ``kwargs`` may carry: ``(kind, low, high)``, where kind is
+#: ``"int"``, ``"ints"`` (an integer or a non-empty list of them), ``"float"`` or ``"floats3"`` (3 numbers). They
+#: are checked before anything is built, so a hand-edited config cannot make ``load_checkpoint`` allocate
+#: terabytes (``num_classes: 1e9``) or run with a NaN threshold.
+_COUNT = ("int", 1, 1_000_000)
+_FRACTION = ("float", 0.0, 1.0)
+KWARG_BOUNDS: dict[str, tuple[str, float, float]] = {
+    "num_classes": ("int", 1, 10_000),
+    "min_size": ("ints", 1, 8192),
+    "max_size": ("int", 1, 8192),
+    "fixed_size": ("ints", 1, 8192),
+    "size_divisible": ("int", 1, 1024),
+    "fpn_channels": ("int", 1, 1024),
+    "head_convs": ("int", 0, 8),
+    "embedding_dim": ("int", 0, 4096),
+    "trainable_backbone_layers": ("int", 0, 5),
+    "center_sampling_radius": ("float", 0.0, 100.0),
+    "image_mean": ("floats3", -1e3, 1e3),
+    "image_std": ("floats3", 1e-6, 1e3),
+    **{name: _COUNT for name in (
+        "detections_per_img", "box_detections_per_img", "topk_candidates", "rpn_pre_nms_top_n_train",
+        "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+        "rpn_batch_size_per_image", "box_batch_size_per_image")},
+    **{name: _FRACTION for name in (
+        "score_thresh", "nms_thresh", "fg_iou_thresh", "bg_iou_thresh", "box_score_thresh", "box_nms_thresh",
+        "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction", "rpn_nms_thresh", "rpn_score_thresh",
+        "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction")},
+}
+
+
+def _kwarg_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the model keyword ``key`` of a checkpoint config, or ``None`` if it can be.
+
+    Keywords in :data:`KWARG_BOUNDS` must be numbers of their kind within their bounds (``fixed_size`` and
+    ``bbox_reg_weights`` may also be null); any other keyword must be null, a boolean, a string or a finite
+    number (a module such as ``anchor_generator`` cannot come from JSON), and ``create_model`` checks its name.
+    """
+    if key == "bbox_reg_weights":
+        ok = value is None or (isinstance(value, list) and len(value) == 4
+                               and all(_real(v) and 0 < v <= 1e6 for v in value))
+        return None if ok else "must be null or 4 positive numbers"
+    if key not in KWARG_BOUNDS:
+        if value is None or isinstance(value, (bool, str)) or (_real(value) and -1e308 < value < 1e308):
+            return None
+        return "must be null, a boolean, a string or a finite number"
+    kind, low, high = KWARG_BOUNDS[key]
+    if kind == "int":
+        ok = _whole(value) and low <= value <= high
+        return None if ok else f"must be an integer in {low}..{high}"
+    if kind == "ints":
+        values = value if isinstance(value, list) and value else [value]
+        ok = (key == "fixed_size" and value is None) or all(_whole(v) and low <= v <= high for v in values)
+        return None if ok else f"must be an integer in {low}..{high} or a non-empty list of them"
+    if kind == "float":
+        ok = _real(value) and low <= value <= high  # False for NaN
+        return None if ok else f"must be a number in [{low:g}, {high:g}]"
+    ok = isinstance(value, list) and len(value) == 3 and all(_real(v) and low <= v <= high for v in value)
+    return None if ok else f"must be 3 numbers in [{low:g}, {high:g}]"
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, shortened to ``limit`` characters."""
+    try:
+        text = " ".join(repr(value).split())
+    except RecursionError:
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _freeze_batchnorm_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -284,9 +284,28 @@ def crowd_metrics(ground_truth: Mapping[str, GroundTruth], detections: Mapping[s
 
 
 def read_ground_truth(path: str | Path) -> dict[str, GroundTruth]:
-    """Full-body ground truth from a CrowdHuman ``.odgt`` file, by ``ID``; boxes are clipped to the image when
-    the line has ``width`` and ``height`` (CrowdHuman's own files do not: CrowdDet clips with the image sizes,
-    which this function does not read). Raises ``ValueError`` naming the file and line of a bad record."""
+    """Full-body ground truth from a CrowdHuman ``.odgt`` file, by ``ID``.
+
+    Boxes are clipped to the image when the line has ``width`` and ``height`` (CrowdHuman's own files do not:
+    CrowdDet clips with the image sizes, which this function does not read). A box is an ignore region when
+    its ``tag`` is not ``"person"`` or its ``extra.ignore`` is 1.
+
+    Raises:
+        ValueError: one line ``"<file>: line <n>: <problem>"`` (plus ``gtboxes[j]`` for one box) for a line that
+            is not a JSON object, a missing or mistyped key, a duplicate ``ID``, a size that is not a positive
+            number, or an ``fbox`` that is not 4 numbers ``[x, y, w, h]`` with ``w, h >= 0`` and every value
+            within float32's range.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "gt.odgt"
+        >>> _ = path.write_text(json.dumps({"ID": "a", "width": 20, "height": 20, "gtboxes": [
+        ...     {"tag": "person", "fbox": [-5, 0, 10, 10]}, {"tag": "mask", "fbox": [12, 0, 4, 4]}]}) + "\\n")
+        >>> gt = read_ground_truth(path)["a"]
+        >>> gt.boxes.tolist(), gt.ignore.tolist()
+        ([[0.0, 0.0, 5.0, 10.0], [12.0, 0.0, 16.0, 4.0]], [False, True])
+    """
     out: dict[str, GroundTruth] = {}
     for number, obj in _json_lines(path):
         where = f"{path}: line {number}"
@@ -295,36 +314,56 @@ def read_ground_truth(path: str | Path) -> dict[str, GroundTruth]:
             raise ValueError(f"{where}: expected 'ID' (string) and 'gtboxes' (list)")
         if image_id in out:
             raise ValueError(f"{where}: duplicate ID {image_id!r}")
+        size = [obj.get(key) for key in ("width", "height")]
+        if any(v is not None for v in size) and not all(_number(v) and 0 < v < _FLOAT32_MAX for v in size):
+            raise ValueError(f"{where}: width and height must both be positive numbers, got {_shown(size)}")
         xyxy, ignore = [], []
-        for box in boxes:
+        for j, box in enumerate(boxes):
             fbox = box.get("fbox") if isinstance(box, dict) else None
-            if not (isinstance(fbox, list) and len(fbox) == 4 and all(isinstance(v, (int, float)) for v in fbox)):
-                raise ValueError(f"{where}: each gtbox needs 'fbox' [x, y, w, h]")
-            x, y, w, h = (float(v) for v in fbox)
-            xyxy.append([x, y, x + w, y + h])
+            if not (isinstance(fbox, list) and len(fbox) == 4):
+                raise ValueError(f"{where}: gtboxes[{j}]: each gtbox needs 'fbox' [x, y, w, h]")
+            xyxy.append(_xyxy(fbox, f"{where}: gtboxes[{j}]: fbox"))
             extra = box.get("extra") if isinstance(box.get("extra"), dict) else {}
             ignore.append(box.get("tag") != "person" or extra.get("ignore", 0) == 1)
         array = np.asarray(xyxy, np.float64).reshape(-1, 4)
-        if isinstance(obj.get("width"), (int, float)) and isinstance(obj.get("height"), (int, float)):
-            array[:, 0::2] = array[:, 0::2].clip(0, obj["width"])
-            array[:, 1::2] = array[:, 1::2].clip(0, obj["height"])
+        if size[0] is not None:
+            array[:, 0::2] = array[:, 0::2].clip(0, size[0])
+            array[:, 1::2] = array[:, 1::2].clip(0, size[1])
         out[image_id] = GroundTruth(array, np.asarray(ignore, bool))
     return out
 
 
 def read_detections(path: str | Path) -> dict[str, DetectionSet]:
     """Detections from JSON lines ``{"ID": str, "dtboxes": [{"box": [x, y, w, h], "score": s}, ...]}`` (the
-    format CrowdDet writes), by ``ID``; several lines of one ID are merged."""
+    format CrowdDet writes), by ``ID``; several lines of one ID are merged.
+
+    Raises:
+        ValueError: one line ``"<file>: line <n>: <problem>"`` (plus ``dtboxes[j]`` for one box) for a line
+            that is not a JSON object, a missing or mistyped key, a ``box`` that is not 4 numbers with
+            ``w, h >= 0`` and every value within float32's range, or a score that is not a finite number.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "dets.jsonl"
+        >>> _ = path.write_text('{"ID": "a", "dtboxes": [{"box": [1, 2, 3, 4], "score": 0.5}]}\\n')
+        >>> dets = read_detections(path)["a"]
+        >>> dets.boxes.tolist(), dets.scores.tolist()
+        ([[1.0, 2.0, 4.0, 6.0]], [0.5])
+    """
     parts: dict[str, list] = {}
     for number, obj in _json_lines(path):
+        where = f"{path}: line {number}"
         image_id, boxes = obj.get("ID"), obj.get("dtboxes")
         if not isinstance(image_id, str) or not isinstance(boxes, list):
-            raise ValueError(f"{path}: line {number}: expected 'ID' (string) and 'dtboxes' (list)")
-        for box in boxes:
+            raise ValueError(f"{where}: expected 'ID' (string) and 'dtboxes' (list)")
+        for j, box in enumerate(boxes):
             b, s = (box.get("box"), box.get("score")) if isinstance(box, dict) else (None, None)
-            if not (isinstance(b, list) and len(b) == 4 and isinstance(s, (int, float))):
-                raise ValueError(f"{path}: line {number}: each dtbox needs 'box' [x, y, w, h] and 'score'")
-            parts.setdefault(image_id, []).append([b[0], b[1], b[0] + b[2], b[1] + b[3], s])
+            if not (isinstance(b, list) and len(b) == 4 and _number(s)):
+                raise ValueError(f"{where}: dtboxes[{j}]: each dtbox needs 'box' [x, y, w, h] and 'score'")
+            if not abs(s) < _FLOAT32_MAX:
+                raise ValueError(f"{where}: dtboxes[{j}]: score must be a finite number, got {_shown(s)}")
+            parts.setdefault(image_id, []).append([*_xyxy(b, f"{where}: dtboxes[{j}]: box"), float(s)])
         parts.setdefault(image_id, [])
     arrays = {k: np.asarray(v, np.float64).reshape(-1, 5) for k, v in parts.items()}
     return {k: DetectionSet(a[:, :4], a[:, 4]) for k, a in arrays.items()}
@@ -360,9 +399,43 @@ def _json_lines(path: str | Path) -> Iterable[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: line {number}: invalid JSON ({err.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: line {number}: JSON nested too deeply to parse") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: line {number}: expected a JSON object")
         yield number, obj
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _number(value: object) -> bool:
+    """A JSON number: an int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _xyxy(box: list, where: str) -> list[float]:
+    """``[x, y, w, h]`` as ``[x1, y1, x2, y2]``: numbers, ``w, h >= 0``, every value within float32's range."""
+    if not all(map(_number, box)):
+        raise ValueError(f"{where} must be 4 numbers [x, y, w, h], got {_shown(box)}")
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{where} {_shown(box)} does not fit float32") from None
+    corners = [x, y, x + w, y + h]
+    if not all(abs(v) < _FLOAT32_MAX for v in [w, h, *corners]):
+        raise ValueError(f"{where} {_shown(box)} does not fit float32 (or is not finite)")
+    if w < 0 or h < 0:
+        raise ValueError(f"{where} {_shown(box)} has negative size")
+    return corners
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:  # nested too deeply to show
+        text = f"<deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_boxes(boxes: object) -> np.ndarray:
