@@ -6,6 +6,9 @@ import contextlib
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from odam.data import (
     write_coco,
     write_odgt,
 )
+from odam.data.io import MAX_OUTSIDE
 
 NAN = math.nan
 SIZES = {"a.png": (32, 24), "b.png": (40, 30), "c.png": (20, 16)}  # file: (width, height)
@@ -457,3 +461,219 @@ def assert_message(error: DatasetError, prefix: str, problem: str) -> None:
     assert "\n" not in message, message
     assert message.startswith(prefix), message
     assert problem in message[len(prefix):], message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO boxes: bbox clipped to the image, the full box as amodal_bbox (issue 15)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_written_bbox_lies_inside_the_image(tmp_path: Path) -> None:
+    dataset = coco_dataset(write_images(tmp_path / "images"))
+    write_coco(dataset, tmp_path / "annotations.json")
+    data = json.loads((tmp_path / "annotations.json").read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
+    cut = 0
+    for a in data["annotations"]:
+        w, h = sizes[a["image_id"]]
+        x, y, bw, bh = a["bbox"]
+        assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h, a
+        if "amodal_bbox" in a:
+            cut += 1
+            ax, ay, aw, ah = a["amodal_bbox"]
+            clipped = [max(ax, 0), max(ay, 0), min(ax + aw, w), min(ay + ah, h)]
+            assert clipped == pytest.approx([x, y, x + bw, y + bh])
+    assert cut == 1  # the one box of coco_dataset that extends past its image
+
+
+def test_coco_with_bbox_only_or_both_reads_the_full_box(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    data = coco_base()
+    data["annotations"][0].update(bbox=[0, 2, 6, 22], amodal_bbox=[-4, 2, 10, 30])  # 32x24 image
+    data["annotations"][1].update(bbox=[-3, 2, 10, 10])  # another tool's unclipped bbox, no amodal_bbox
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    a, b = read_coco(tmp_path / "a.json").images
+    assert a.boxes.tolist() == [[-4, 2, 6, 32]] and a.clipped_boxes.tolist() == [[0, 2, 6, 24]]
+    assert b.boxes.tolist() == [[-3, 2, 7, 12]] and b.clipped_boxes.tolist() == [[0, 2, 7, 12]]
+
+
+def test_coco_bbox_must_be_the_amodal_box_clipped(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    data = ann(coco_base(), bbox=[0, 2, 6, 20], amodal_bbox=[-4, 2, 10, 30])  # 40x30 image: bbox h should be 28
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        read_coco(path)
+    assert_message(info.value, f"{path}: annotation 2: ",
+                   "bbox [0, 2, 6, 20] is not amodal_bbox [-4, 2, 10, 30] clipped to the 40x30 image")
+
+
+def test_pycocotools_on_the_written_file_equals_odams_evaluator(tmp_path: Path) -> None:
+    """COCOeval on annotations.json itself, as any COCO user would run it, against odam's coco_metrics."""
+    from odam.data.synthcrowd import generate
+    from odam.train.evaluate import coco_metrics
+
+    dataset = generate(tmp_path, num_images=4, seed=424242, size=128, style="crowd", progress=False)
+    rng = np.random.default_rng(0)
+    results = []
+    for rec in dataset.images:  # a detector's output: inside the image, jittered, some misses and false alarms
+        for x1, y1, x2, y2 in rec.clipped_boxes[rng.random(len(rec)) < 0.8].tolist():
+            dx, dy = rng.normal(0, 0.08 * (x2 - x1)), rng.normal(0, 0.08 * (y2 - y1))
+            results.append({"image_id": rec.id, "category_id": 1, "score": float(rng.random()),
+                            "bbox": [x1 + dx, y1 + dy, x2 - x1, y2 - y1]})
+        for _ in range(3):
+            x, y = rng.uniform(0, 96, 2)
+            results.append({"image_id": rec.id, "category_id": 1, "score": float(rng.random()) / 2,
+                            "bbox": [x, y, 20.0, 30.0]})
+    cut = sum(int(((r.boxes < 0) | (r.boxes > [r.width, r.height] * 2)).any(1).sum()) for r in dataset.images)
+    assert cut > 0  # some full boxes extend past the image: the case where the two could differ
+    ours = coco_metrics(read_coco(tmp_path / "annotations.json"), results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(tmp_path / "annotations.json"))
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.params.maxDets = [1, 10, 100]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert 0.1 < ours["AP50"] < 1.0
+    assert (ours["mAP"], ours["AP50"]) == (round(evaluator.stats[0], 4), round(evaluator.stats[1], 4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defects of the adversarial audit (issue 15): each read gives the reader's own one-line error
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_huge_polygon_is_refused_before_pycocotools_sees_it(tmp_path: Path) -> None:
+    """pycocotools segfaulted (exit 139) on this polygon; at 3e8 it allocated 18.8 GB. A subprocess, so that a
+    crash fails this test instead of ending the test run."""
+    folder = tmp_path / "d"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (1, 1)).save(folder / "images" / "a.png")
+    (folder / "annotations.json").write_text(
+        '{"images":[{"id":1,"file_name":"a.png","width":1,"height":1}],"categories":[{"id":1,"name":"person"}],'
+        '"annotations":[{"id":1,"image_id":1,"category_id":1,"bbox":[0,0,1,1],"segmentation":[[0,0,1e9,0,1e9,1e9]]}]}')
+    code = ("import sys\nfrom odam.data import DatasetError, read_dataset\ntry:\n    read_dataset(sys.argv[1])\n"
+            "except DatasetError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.strip() == (f"{folder / 'annotations.json'}: annotation 1: segmentation polygon 0 reaches "
+                                   f"more than {MAX_OUTSIDE} image sizes beyond the 1x1 image")
+
+
+def test_polygon_within_the_tolerance_is_read(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")  # a.png is 32x24: vertices may reach -8*32 .. 9*32 and -8*24 .. 9*24
+    data = ann(coco_base(), segmentation=[[-320, -240, 360, -240, 360, 270, -320, 270]])  # b.png is 40x30
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    mask = read_coco(tmp_path / "a.json").images[1].masks[0]
+    assert decode(mask).all()  # the polygon covers the whole image
+    data = ann(coco_base(), segmentation=[[-321, 0, 10, 0, 10, 10]])
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match="polygon 0 reaches more than 8 image sizes beyond the 40x30 image"):
+        read_coco(tmp_path / "a.json")
+
+
+def compressed(counts: list[int], height: int, width: int) -> str:
+    """pycocotools' own compressed string for run lengths that may be wrong (it encodes anything)."""
+    return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)["counts"].decode()
+
+
+BAD_RLES = [  # (counts of a 30x40 mask, problem)
+    (compressed([600, 700], 30, 40), "the runs cover 1300 pixels, not 1200"),  # runs past the mask
+    (compressed([600, 500], 30, 40), "the runs cover 1100 pixels, not 1200"),
+    ("garbage!", "characters outside '0'..'o'"),
+    ("caf\u00e9", "characters outside '0'..'o'"),
+    ("0P", "the string ends inside a run"),
+    ("0" + "P" * 7 + "1", "a run of more than 7 digits"),
+    ("1@", "a negative run"),  # runs 1, then -16 ("@" is 0x10: a last digit with the sign bit)
+    ("", "the runs cover 0 pixels, not 1200"),
+]
+
+
+@pytest.mark.parametrize(("counts", "problem"), BAD_RLES, ids=[p for _, p in BAD_RLES])
+def test_bad_compressed_rle_is_refused(tmp_path: Path, counts: str, problem: str) -> None:
+    write_images(tmp_path / "images")
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(ann(coco_base(), segmentation={"size": [30, 40], "counts": counts})))
+    with pytest.raises(DatasetError) as info:
+        read_coco(path)
+    assert_message(info.value, f"{path}: annotation 2: ",
+                   f"segmentation counts are not a compressed RLE of a 30x40 mask: {problem}")
+
+
+def test_compressed_rle_is_decoded_as_pycocotools_does(tmp_path: Path) -> None:
+    """odam decodes compressed strings itself; every mask pycocotools encodes reads back the same."""
+    write_images(tmp_path / "images")
+    rng = np.random.default_rng(0)
+    masks = [rng.random((30, 40)) < p for p in (0.0, 0.02, 0.5, 0.98, 1.0)]
+    masks.append(rect_mask(30, 40, 0, 30, 0, 40) - rect_mask(30, 40, 1, 29, 1, 39))
+    for mask in masks:
+        path = tmp_path / "a.json"
+        path.write_text(json.dumps(ann(coco_base(), segmentation=rle(mask))))
+        np.testing.assert_array_equal(decode(read_coco(path).images[1].masks[0]), mask)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+AUDIT_COCO = [  # (change of coco_base(), place, problem)
+    (lambda d: ann(d, bbox=[1e300, 5, 1, 1]), "annotation 2", "reaches more than 8 image sizes beyond the 40x30"),
+    (lambda d: ann(d, bbox=[-1e300, 5, 2e300, 1]), "annotation 2", "box bbox [-1e+300, 5, 2e+300, 1] reaches more"),
+    (lambda d: ann(d, bbox=[2, 2, 4, 1e-30]), "annotation 2", "has non-positive size in float32"),
+    (lambda d: ann(d, hbox=[2, 2, 4, 1e39]), "annotation 2", "box hbox [2, 2, 4, 1e+39] reaches more"),
+    (lambda d: d["images"][1].update(width=32769) or d, "image 2", "width must be an integer in 1..32768, got 32769"),
+    (lambda d: d["images"][1].update(height=1e300) or d, "image 2", "height must be an integer in 1..32768"),
+    (lambda d: d.update(info={"a": nested(70)}) or d, "top level", "'info' is nested deeper than 64 levels"),
+]
+
+
+@pytest.mark.parametrize(("change", "place", "problem"), AUDIT_COCO, ids=[e[2][:40] for e in AUDIT_COCO])
+def test_audit_coco_errors(tmp_path: Path, change: Callable, place: str, problem: str) -> None:
+    write_images(tmp_path / "images")
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(change(coco_base())))
+    with pytest.raises(DatasetError) as info:
+        read_coco(path)
+    assert_message(info.value, f"{path}: {place}: ", problem)
+
+
+def test_deeply_nested_json_is_an_error_of_the_file(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "a.json").write_text(deep)
+    with pytest.raises(DatasetError) as info:
+        read_coco(tmp_path / "a.json")
+    assert_message(info.value, f"{tmp_path / 'a.json'}: top level: ", "JSON nested too deeply to parse")
+    assert isinstance(info.value.__cause__, RecursionError)
+    (tmp_path / "a.odgt").write_text(json.dumps(odgt_base()[0]) + "\n" + '{"ID": ' + deep + "}\n")
+    with pytest.raises(DatasetError) as info:
+        read_odgt(tmp_path / "a.odgt")
+    assert_message(info.value, f"{tmp_path / 'a.odgt'}: line 2: ", "JSON nested too deeply to parse")
+
+
+@pytest.mark.parametrize("tag", [[], {}, ["person"], {"person": 1}, None, 1])
+def test_odgt_tag_of_another_type(tmp_path: Path, tag: object) -> None:
+    write_images(tmp_path / "images")
+    path = tmp_path / "a.odgt"
+    path.write_text("".join(json.dumps(line) + "\n" for line in box(odgt_base(), tag=tag)))
+    with pytest.raises(DatasetError) as info:
+        read_odgt(path)
+    kind = {list: "array", dict: "object", type(None): "null", int: "number"}[type(tag)]
+    assert_message(info.value, f"{path}: line 2: gtboxes[1]: ", f"tag must be a string, got {kind}")
+
+
+def test_odgt_huge_box_and_image(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    path = tmp_path / "a.odgt"
+    path.write_text("".join(json.dumps(line) + "\n" for line in box(odgt_base(), fbox=[-1e300, 1, 2e300, 2])))
+    with pytest.raises(DatasetError, match=r"line 2: gtboxes\[1\]: box fbox .* reaches more than 8 image sizes"):
+        read_odgt(path)
+    Image.new("L", (32769, 1)).save(tmp_path / "images" / "wide.png")
+    path.write_text(json.dumps({"ID": "wide", "gtboxes": []}) + "\n")
+    with pytest.raises(DatasetError, match=r"line 1: image .*wide.png is 32769x1, larger than 32768 pixels a side"):
+        read_odgt(path)
