@@ -447,3 +447,10 @@ def test_fit_size():
     for w, h, m in [(7, 3, 5), (1000, 999, 12345), (3, 1000, 50)]:
         fw, fh = fit_size(w, h, m)
         assert fw * fh <= m and (fw + 1) * (fh + 1) > m
+
+
+def test_pil_warnings_while_reading_cannot_escape_as_errors(tmp_path):
+    path = tmp_path / "header-only.tiff"  # PIL warns "Corrupt EXIF data", then cannot identify it
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00")
+    with pytest.raises(ValueError, match=re.escape(f"cannot read image {path}: cannot identify image file")):
+        load_image(path)  # pytest turns warnings into errors: PIL's would escape as a UserWarning

@@ -39,8 +39,9 @@ def load_image(image: ImageLike, *, max_pixels: int | None = MAX_PIXELS, downsca
 
     Files and PIL images are turned upright by their EXIF orientation (tag 274, as
     ``PIL.ImageOps.exif_transpose`` does; a value outside 2..8 means "as stored"). EXIF data that PIL cannot
-    parse is ignored with a ``UserWarning`` naming the file, and the image is used as stored. Only the first
-    frame of a multi-frame file is read; ICC profiles are ignored. PIL modes become RGB as follows:
+    parse is ignored with a ``UserWarning`` naming the file, and the image is used as stored. Other warnings
+    PIL gives while reading a file are repeated as a ``UserWarning`` naming the file (none if it is refused).
+    Only the first frame of a multi-frame file is read; ICC profiles are ignored. PIL modes become RGB as follows:
 
     - ``1``, ``L``, ``P``, ``RGB``, ``RGBX``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion to RGB,
       divided by 255.
@@ -198,19 +199,26 @@ def open_image(path: Path) -> Image.Image:
 
 
 def _read(path: Path, max_pixels: int | None, downscale: bool) -> Tensor:
-    try:
-        with warnings.catch_warnings():
-            # load_image's own limit, checked below from the header, replaces PIL's warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # PIL warns about some damaged files while it reads them (e.g. "Corrupt EXIF data" in a TIFF header). Record
+    # those warnings so that a filter turning warnings into errors cannot break PIL's own error handling, then
+    # repeat them naming the file if the image loads (DecompressionBombWarning: replaced by max_pixels).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             img = open_image(path)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"image not found: {path}") from err
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"cannot read image {path}: {_one_line(err)} (PIL.Image.MAX_IMAGE_PIXELS)") from err
-    except _DECODE_ERRORS as err:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path}: {_one_line(err)}") from err
-    with img:
-        return _from_pil(img, f"image {path}", max_pixels, downscale)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"image not found: {path}") from err
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"cannot read image {path}: {_one_line(err)} (PIL.Image.MAX_IMAGE_PIXELS)") from err
+        except _DECODE_ERRORS as err:  # UnidentifiedImageError is an OSError
+            raise ValueError(f"cannot read image {path}: {_one_line(err)}") from err
+        with img:
+            image = _from_pil(img, f"image {path}", max_pixels, downscale)
+    told = {_one_line(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)}
+    for message in sorted(told):
+        warnings.warn(message if message.startswith(f"image {path}") else f"image {path}: {message}",
+                      UserWarning, stacklevel=3)
+    return image
 
 
 def _from_pil(img: Image.Image, name: str, max_pixels: int | None, downscale: bool) -> Tensor:
@@ -242,7 +250,7 @@ def _upright(img: Image.Image, name: str) -> Image.Image:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     if caught:
         warnings.warn(f"{name}: ignoring EXIF data that cannot be read ({_one_line(caught[0].message)}); "
-                      f"using the image as stored", UserWarning, stacklevel=4)
+                      f"using the image as stored", UserWarning, stacklevel=5)
         return img
     method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
     return img if method is None else img.transpose(method)
