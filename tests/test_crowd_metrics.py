@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -187,3 +188,51 @@ def test_files_round_trip_and_errors(tmp_path) -> None:
     bad.write_text('{"ID": "a", "dtboxes": [{"box": [0, 0, 1, 1]}]}\n')
     with pytest.raises(ValueError, match="needs 'box'"):
         read_detections(bad)
+
+
+DETECTION_ERRORS = [  # (one JSON line, problem): the reader's own ValueError naming the file and line (issue 15)
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1, 1], "score": NaN}]}', r"dtboxes\[0\]: score must be a finite"),
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1, 1], "score": Infinity}]}', "score must be a finite number"),
+    ('{"ID": "a", "dtboxes": [{"box": [0, NaN, 1, 1], "score": 1}]}', "does not fit float32 .or is not finite"),
+    ('{"ID": "a", "dtboxes": [{"box": [1e300, 0, 1, 1], "score": 1}]}', r"box \[1e\+300, 0, 1, 1\] does not fit"),
+    ('{"ID": "a", "dtboxes": [{"box": [3e38, 0, 3e38, 1], "score": 1}]}', "does not fit float32"),  # x + w
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1' + "0" * 400 + ', 1], "score": 1}]}', "does not fit float32"),
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, -1, 1], "score": 1}]}', "has negative size"),
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, true, 1], "score": 1}]}', "must be 4 numbers"),
+    ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1, 1], "score": true}]}', "needs 'box'"),
+    ('{"ID": "a", "dtboxes": []}\n' + "[" * 100_000, "line 2: JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), DETECTION_ERRORS, ids=[p[:30] for _, p in DETECTION_ERRORS])
+def test_detection_reader_errors(tmp_path, text: str, problem: str) -> None:
+    path = tmp_path / "dets.jsonl"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError) as info:
+        read_detections(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: line ")
+    assert re.search(problem, message), message
+
+
+GROUND_TRUTH_ERRORS = [  # (one JSON line, problem)
+    ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, NaN, 1, 1]}]}', r"gtboxes\[0\]: fbox .* not finite"),
+    ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 1e300, 1, 1]}]}', "does not fit float32"),
+    ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 0, 1, -1]}]}', "has negative size"),
+    ('{"ID": "a", "width": NaN, "height": 5, "gtboxes": []}', "width and height must both be positive numbers"),
+    ('{"ID": "a", "width": true, "height": 5, "gtboxes": []}', "width and height must both be positive numbers"),
+    ('{"ID": "a", "width": 5, "gtboxes": []}', "width and height must both be positive numbers"),
+    ('{"ID": "a", "gtboxes": [{"tag": [], "fbox": [0, 0, 1, 1], "extra": {"ignore": {}}}]}\n{"ID": ' + "[" * 100_000,
+     "line 2: JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), GROUND_TRUTH_ERRORS, ids=[p[:30] for _, p in GROUND_TRUTH_ERRORS])
+def test_ground_truth_reader_errors(tmp_path, text: str, problem: str) -> None:
+    path = tmp_path / "gt.odgt"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError) as info:
+        read_ground_truth(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: line ")
+    assert re.search(problem, message), message
