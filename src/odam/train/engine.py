@@ -441,11 +441,13 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks hold different weights after training: {digests}")
     state["rank_weight_sha256"] = digests
-    if rank == 0 and "metrics" not in state:
-        from odam.train.evaluate import evaluate_coco
+    if rank == 0:
+        if "metrics" not in state:
+            from odam.train.evaluate import evaluate_coco
 
-        model.eval()
-        state["metrics"] = evaluate_coco(model, val_set, progress=progress) | {"val_images": len(val_set)}
+            model.eval()
+            state["metrics"] = evaluate_coco(model, val_set, progress=progress) | {"val_images": len(val_set)}
+        # also when resuming a finished run: a kill during the last save may have left only train_state.safetensors
         _save(out, model, optimizer, state, config, data)
     return state
 
