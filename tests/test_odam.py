@@ -31,13 +31,15 @@ def square() -> torch.Tensor:
 def _bilinear_place(cell_map: np.ndarray) -> np.ndarray:
     """Reference placement of a map on the stride-8 grid onto the 300x400 image.
 
-    Cell j is centred on resized pixel (j + 0.5) * 8 - 0.5; original pixel x is centred on resized pixel
-    (x + 0.5) * 1066 / 400 - 0.5. Bilinear weights, clamped at the border like the explainer's placement.
+    Cell j is centred on resized pixel j * 8 (the torchvision adapters' centre for maps without an FPN,
+    ``MapGroup(centre=0)``); original pixel x is centred on resized pixel (x + 0.5) * 1066 / 400 - 0.5. Bilinear
+    weights, clamped at the border like the explainer's placement. (The hand-set backbone itself averages
+    non-overlapping 8x8 blocks, centred on (j + 0.5) * 8 - 0.5; the adapter does not know that.)
     """
     h, w = cell_map.shape
 
     def axis(n_out: int, n_resized: int, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        u = np.clip((np.arange(n_out) + 0.5) * (n_resized / n_out) / STRIDE - 0.5, 0, n_cells - 1)
+        u = np.clip(((np.arange(n_out) + 0.5) * (n_resized / n_out) - 0.5) / STRIDE, 0, n_cells - 1)
         i0 = np.floor(u).astype(int)
         return i0, np.minimum(i0 + 1, n_cells - 1), u - i0
 
@@ -157,12 +159,14 @@ def test_layer_choices(image: torch.Tensor) -> None:
         e = odam.ODAM(model, layer=layer).explain(image, targets=("score", "bottom"))
         assert e.maps.shape == (2, 2, 96, 120) and torch.isfinite(e.maps).all()
         assert e.maps.amax() > 0
-    # RoI maps are pasted into the proposal box (shifted by half a stride): zero well outside it.
+    # RoI maps are pasted into the proposal box (shifted by the level's cell centre, (s - 32) / 2 below P5, and
+    # by half a pixel from pixel index to pixel edge): zero well outside it.
     e = odam.ODAM(model, layer="roi").explain(image)
     trace = odam.wrap_detector(model).trace(image, "roi")
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
     stride = 1 / model.roi_heads.box_roi_pool.scales[int(e.detections.levels[0])]
-    prop = (trace._state["proposals"][e.detections.indices[0]] + stride / 2) * torch.tensor([w / wr, h / hr] * 2)
+    centre = min(0.0, (stride - 32) / 2) + 0.5
+    prop = (trace._state["proposals"][e.detections.indices[0]] + centre) * torch.tensor([w / wr, h / hr] * 2)
     x1, y1, x2, y2 = prop.tolist()
     outside = e.maps[0, 0].clone()
     outside[max(0, int(y1) - 1):int(y2) + 2, max(0, int(x1) - 1):int(x2) + 2] = 0
@@ -347,7 +351,9 @@ def test_layer_running_twice_is_refused(image: torch.Tensor) -> None:
 
 
 def test_roi_maps_are_centred_like_level_maps(image: torch.Tensor) -> None:
-    # A constant map on the 7x7 grid pasted through RoIGroup covers the proposal shifted by half a stride.
+    # A constant map on the 7x7 grid pasted through RoIGroup covers the proposal shifted by the level's cell
+    # centre: RoIAlign reads cell x / s for proposal coordinate x, and the FPN centres cell u of a stride-s level
+    # on pixel u * s + (s - 32) / 2 (P5 has stride 32; levels at or above it are centred at 0).
     model = build("fasterrcnn_resnet50_fpn", detections=1)
     trace = odam.wrap_detector(model).trace(image, "roi")
     _, groups, _ = trace.graph(trace.detections)
@@ -355,7 +361,9 @@ def test_roi_maps_are_centred_like_level_maps(image: torch.Tensor) -> None:
     placed = group.to_image(torch.ones(1, 7, 7), torch.zeros(1, dtype=torch.int64))[0]
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
     stride = 1 / model.roi_heads.box_roi_pool.scales[int(trace.detections.levels[0])]
-    x1, y1, x2, y2 = (trace._state["proposals"][trace.detections.indices[0]] + stride / 2).tolist()
+    centre = min(0.0, (stride - 32) / 2)
+    # in original pixel indices: model-input index u lands on original (u + 0.5) * w / wr - 0.5
+    x1, y1, x2, y2 = (trace._state["proposals"][trace.detections.indices[0]] + centre + 0.5).tolist()
     ys, xs = torch.where(placed > 0)
-    assert xs.min() >= x1 * w / wr - 1 and xs.max() <= x2 * w / wr + 1
-    assert ys.min() >= y1 * h / hr - 1 and ys.max() <= y2 * h / hr + 1
+    assert x1 * w / wr - 1.5 <= xs.min() <= x1 * w / wr + 0.5 and x2 * w / wr - 1.5 <= xs.max() <= x2 * w / wr + 0.5
+    assert y1 * h / hr - 1.5 <= ys.min() <= y1 * h / hr + 0.5 and y2 * h / hr - 1.5 <= ys.max() <= y2 * h / hr + 0.5

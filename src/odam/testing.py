@@ -319,3 +319,69 @@ def check_adapter(case: Case) -> None:
             check(case)
         except AssertionError as err:
             raise AssertionError(f"{case.id}: {check.__name__}: {err}") from None
+
+
+def receptive_field_centres(features: Callable[[Tensor], Tensor], image: Tensor, cells: Tensor, stride: int,
+                            draws: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Where a network centres cells of a feature map: the peak and the centroid of each cell's *effective
+    receptive field* ``|d feature[:, i, j] / d input|`` (Luo et al., 2016) on the model input.
+
+    The gradient is taken of a random +-1 combination of the cell's channels (``draws`` combinations, each
+    normalised to unit mass, averaged), summed over the input's colour channels. The *peak* is the argmax of that
+    field averaged over ``stride x stride`` windows (which removes the checkerboard that strided convolutions
+    leave in gradients), refined to the centroid of the averaged field within half a stride of it. The
+    *centroid* is the mean position of the whole field: wide, weak paths (an FPN's top-down pathway) pull it;
+    the peak is where a small object changes the cell most.
+
+    Args:
+        features: the part of the network from its input (``Tensor[1, 3, H, W]``, what it sees after resizing and
+            padding) to the feature map (``Tensor[1, C, h, w]``).
+        image: the model input, ``Tensor[1, 3, H, W]``.
+        cells: ``Tensor[K, 2]`` integer (row, column) of the cells to measure.
+        stride: the map's stride in input pixels.
+
+    Returns:
+        ``(peaks, centroids)``: ``Tensor[K, 2]`` each, (y, x) in input pixel indices (pixel ``i`` spans
+        ``[i - 0.5, i + 0.5]``), float64.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1))
+        >>> peaks, _ = receptive_field_centres(net, torch.rand(1, 3, 32, 32), torch.tensor([[3, 4]]), 4)
+        >>> [round(v) for v in peaks[0].tolist()]  # cell j of a "same"-padded stride-2 stack sits on j * stride
+        [12, 16]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = image.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = features(x)
+        H, W = x.shape[-2:]
+        peaks, centroids = [], []
+        for i, j in cells.tolist():
+            field = torch.zeros(H, W, dtype=torch.float64)
+            for _ in range(draws):
+                signs = torch.randint(0, 2, (out.shape[1],), generator=generator).to(out) * 2 - 1
+                (grad,) = torch.autograd.grad((out[0, :, i, j] * signs).sum(), x, retain_graph=True)
+                g = grad[0].abs().sum(0).double().cpu()
+                field += g / g.sum().clamp_min(1e-300)
+            peaks.append(_peak(field, stride))
+            centroids.append(_centroid(field, 0, 0))
+    return torch.tensor(peaks, dtype=torch.float64), torch.tensor(centroids, dtype=torch.float64)
+
+
+def _centroid(field: Tensor, top: float, left: float) -> tuple[float, float]:
+    ys = torch.arange(field.shape[0], dtype=field.dtype)[:, None] + top
+    xs = torch.arange(field.shape[1], dtype=field.dtype)[None] + left
+    mass = field.sum()
+    return float((field * ys).sum() / mass), float((field * xs).sum() / mass)
+
+
+def _peak(field: Tensor, stride: int) -> tuple[float, float]:
+    k = max(1, min(stride, *field.shape))
+    smooth = F.avg_pool2d(field[None, None], k, stride=1)[0, 0]  # window [i, i + k) centred on i + (k - 1) / 2
+    py, px = divmod(int(smooth.argmax()), smooth.shape[1])
+    r = k // 2
+    y0, x0 = max(0, py - r), max(0, px - r)
+    window = smooth[y0:py + r + 1, x0:px + r + 1]
+    cy, cx = _centroid(window, y0, x0)
+    return cy + (k - 1) / 2, cx + (k - 1) / 2

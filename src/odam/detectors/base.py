@@ -49,6 +49,16 @@ class Geometry:
 
         return resize_boxes(boxes.reshape(-1, 4), self.resized, self.original).view(boxes.shape)
 
+    def input_pixels(self, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+                     ) -> tuple[Tensor, Tensor]:
+        """Where the centre of each original pixel lands on the model's input: ``(ys [H], xs [W])`` in
+        model-input pixel indices (input pixel ``i`` spans ``[i - 0.5, i + 0.5]``), through the resize
+        (half-pixel centres, as ``F.interpolate(..., align_corners=False)``)."""
+        H, W = self.original
+        ys = (torch.arange(H, device=device, dtype=dtype) + 0.5) * (self.resized[0] / H) - 0.5
+        xs = (torch.arange(W, device=device, dtype=dtype) + 0.5) * (self.resized[1] / W) - 0.5
+        return ys, xs
+
 
 class FeatureGroup(abc.ABC):
     """Detections whose attributes are differentiated with respect to the same tensor ``input``.
@@ -100,12 +110,19 @@ class FeatureGroup(abc.ABC):
 class MapGroup(FeatureGroup):
     """A whole feature map ``[1, C, h, w]`` covering the padded model input with a power-of-two stride.
 
-    A map cell ``j`` is taken to be centred on model-input pixel ``(j + 0.5) * stride - 0.5`` (the convention
-    of ``F.interpolate(..., align_corners=False)``).
+    Cell ``(i, j)`` is centred on model-input pixel ``(i * stride + centre[0], j * stride + centre[1])``
+    (pixel indices): where the network centres it, which the adapter declares. ``centre=0`` (the default) is
+    the centre of a stack of stride-2 convolutions and pools with "same" padding (odd kernel ``k``, padding
+    ``(k - 1) / 2``), such as every torchvision backbone body: each such layer keeps a cell on the input pixel
+    under its kernel's middle. An FPN's top-down pathway moves its finer levels' cells (see
+    ``odam.detectors.torchvision.fpn_centres``); docs/ODAM.md has the measurements.
+
+    Args:
+        centre: the offset ``c`` in model-input pixels, one number or ``(c_y, c_x)``.
     """
 
     def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, explained: Tensor | None = None,
-                 rowwise: bool = False) -> None:
+                 rowwise: bool = False, centre: float | tuple[float, float] = 0.0) -> None:
         self.input = input
         self.rows = rows
         self.rowwise = rowwise
@@ -113,6 +130,8 @@ class MapGroup(FeatureGroup):
         self._explained = input if explained is None else explained
         h, w = self._explained.shape[-2:]
         self.stride = (_infer_stride(geometry.padded[0], h), _infer_stride(geometry.padded[1], w))
+        cy, cx = (centre, centre) if isinstance(centre, int | float) else centre
+        self.centre = (float(cy), float(cx))
 
     def features(self, rows: Tensor) -> Tensor:
         return self._explained.detach()[:1]
@@ -123,14 +142,12 @@ class MapGroup(FeatureGroup):
                           * (b[:, 3] - b[:, 1]).clamp_min(0) / self.stride[0])
 
     def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
-        g = self.geometry
         h, w = maps.shape[-2:]
-        H, W = g.original
-        # original pixel centre -> resized pixel centre -> normalised coordinate on the map's grid
-        ys = (torch.arange(H, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[0] / H)
-        xs = (torch.arange(W, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[1] / W)
-        gy = 2 * ys / (self.stride[0] * h) - 1
-        gx = 2 * xs / (self.stride[1] * w) - 1
+        H, W = self.geometry.original
+        # original pixel centre -> model-input pixel -> cell coordinate (cell j at j) -> grid_sample's [-1, 1]
+        ys, xs = self.geometry.input_pixels(maps.device, maps.dtype)
+        gy = (2 * (ys - self.centre[0]) / self.stride[0] + 1) / h - 1
+        gx = (2 * (xs - self.centre[1]) / self.stride[1] + 1) / w - 1
         grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)
         grid = grid.expand(maps.shape[0], H, W, 2)
         return F.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="border",

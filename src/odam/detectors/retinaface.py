@@ -167,6 +167,17 @@ def _plain_resizes(root: fx.GraphModule) -> None:
     root.recompile()
 
 
+def body_centres() -> tuple[float, ...]:
+    """Where the FPN maps of :attr:`RetinaFace.body` (and the SSH outputs on them) centre their cells: the
+    offset ``c`` of :class:`~odam.detectors.base.MapGroup` for each level, in input pixels.
+
+    The MobileNet is "same"-padded and the FPN has torchvision's design (lateral 1x1 convolutions, the level
+    above added after a nearest-neighbour resize), so :func:`odam.detectors.torchvision.fpn_centres` applies:
+    ``(s - 32) / 2`` for strides 8, 16, 32.
+    """
+    return tuple((s - STEPS[-1]) / 2 for s in STEPS)
+
+
 class RetinaFace(nn.Module):
     """RetinaFace-MobileNet0.25 as torch modules; see the module docstring for its conventions.
 
@@ -373,7 +384,10 @@ class RetinaFaceAdapter(DetectorAdapter):
                 y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
             else:
                 y = st["ssh"][0].new_zeros(0, 5)
-        groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, [str(k) for k in range(len(STEPS))])
+        # FPN and SSH maps are centred as body_centres() says; a module of the body chosen as ``layer`` ("") at 0.
+        centres = {str(k): (c, c) for k, c in enumerate(body_centres())}
+        groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, [str(k) for k in range(len(STEPS))],
+                                        centres)
         return y, groups, group_of
 
     def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:

@@ -38,6 +38,7 @@ from odam.detectors.base import (
     MapGroup,
     Trace,
     Windows,
+    _infer_stride,
     leaf_hook,
     resolve_layer,
 )
@@ -113,22 +114,81 @@ def _as_dict(feats: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
     return {"0": feats} if isinstance(feats, Tensor) else dict(feats)
 
 
-def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, level_names: list[str]
-                 ) -> tuple[list[FeatureGroup], Tensor]:
-    """One :class:`MapGroup` per leaf. With one leaf per level, each detection goes to its own level's leaf."""
+def fpn_centres(fpn: nn.Module | None, sizes: dict[str, tuple[int, int]], padded: tuple[int, int]
+                ) -> dict[str, tuple[float, float]]:
+    """Where an FPN centres the cells of each of its output maps: ``{name: (c_y, c_x)}``, the offset ``c`` of
+    :class:`~odam.detectors.base.MapGroup` (cell ``j`` of a stride-``s`` map on model-input pixel ``j * s + c``).
+
+    torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` (and RetinaFace's, the same design) adds to
+    each level's lateral map the level above, upsampled twice by nearest neighbour. The lateral maps come from a
+    body of "same"-padded convolutions, whose cells are centred on ``j * s``. Nearest upsampling copies a coarse
+    cell onto the two fine cells below it, whose centre lies half a fine stride after the coarse cell's, so
+    along the pathway from the top input level (stride ``s_top``) a level of stride ``s`` sees content centred
+    ``(s_top - s) / 2`` pixels before its cells: ``-12`` pixels at P3 and ``-8`` at P4 below a stride-32 P5.
+    That pathway, through the deepest features, carries most of a cell's effective receptive field (measured
+    with random and trained weights in ``benchmarks/placement.py``), so the level is centred there. Levels
+    above the top input level (P6, P7, max-pooled ones) are made from it by "same"-padded stride-2 layers and
+    keep its centre, ``0``. Maps of a body without an FPN (``fpn=None``) are centred at ``0``.
+
+    Args:
+        fpn: the FPN module (its ``inner_blocks`` count its input levels), or ``None``.
+        sizes: ``(h, w)`` of each output map, in the FPN's output order.
+        padded: ``(H, W)`` of the padded model input.
+    """
+    names = list(sizes)
+    inputs = len(getattr(fpn, "inner_blocks", ())) if fpn is not None else 0
+    if inputs < 2 or inputs > len(names):
+        return {n: (0.0, 0.0) for n in names}
+    top = sizes[names[inputs - 1]]
+    top_stride = [_infer_stride(padded[a], top[a]) for a in range(2)]
+    centres = {}
+    for k, n in enumerate(names):
+        stride = [_infer_stride(padded[a], sizes[n][a]) for a in range(2)]
+        cy, cx = ((stride[a] - top_stride[a]) / 2 if k < inputs else 0.0 for a in range(2))
+        centres[n] = (cy, cx)
+    return centres
+
+
+def _fpn_of(model: nn.Module) -> nn.Module | None:
+    fpn = getattr(model.backbone, "fpn", None)
+    return fpn if isinstance(fpn, nn.Module) else None
+
+
+def _layer_centres(model: nn.Module, feats: dict[str, Tensor], leaves: dict[str, Tensor], layer: object,
+                   geometry: Geometry) -> dict[str, tuple[float, float]]:
+    """The cell centre of each leaf map (see :func:`fpn_centres`): the backbone's levels (the default, the
+    backbone or its FPN as ``layer``) and an FPN output convolution's map carry the FPN's offsets; any other
+    module (inside the body: ``"backbone.body.layer3"``) is centred at ``0``."""
+    fpn = _fpn_of(model)
+    levels = fpn_centres(fpn, {k: tuple(f.shape[-2:]) for k, f in feats.items()}, geometry.padded)
+    module = None if layer is None else resolve_layer(model, layer)
+    if module is None or module is model.backbone or module is fpn:
+        return {k: levels.get(k, (0.0, 0.0)) for k in leaves}
+    blocks = list(getattr(fpn, "layer_blocks", ())) if fpn is not None else []
+    for k, block in enumerate(blocks):
+        if module is block or any(module is m for m in block.modules()):
+            return dict.fromkeys(leaves, levels[list(levels)[k]])
+    return dict.fromkeys(leaves, (0.0, 0.0))
+
+
+def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, level_names: list[str],
+                 centres: dict[str, tuple[float, float]] | None = None) -> tuple[list[FeatureGroup], Tensor]:
+    """One :class:`MapGroup` per leaf, centred as ``centres`` says (by leaf name; ``0`` by default). With one leaf
+    per level, each detection goes to its own level's leaf."""
+    centres = centres or {}
     if len(leaves) == 1:
-        chosen, group_of = list(leaves.values()), torch.zeros_like(levels)
+        chosen, group_of = list(leaves.items()), torch.zeros_like(levels)
     elif all(n in leaves for n in level_names):
-        chosen, group_of = [leaves[n] for n in level_names], levels.clone()
+        chosen, group_of = [(n, leaves[n]) for n in level_names], levels.clone()
     else:
         raise LayerError(
             f"the chosen layer returns maps {sorted(leaves)} but the detector's levels are {level_names};"
             " pick a module that returns one tensor or one map per level"
         )
     groups: list[FeatureGroup] = []
-    for g, leaf in enumerate(chosen):
+    for g, (name, leaf) in enumerate(chosen):
         rows = torch.zeros(int((group_of == g).sum()), dtype=torch.int64, device=levels.device)
-        groups.append(MapGroup(leaf, rows, geometry))
+        groups.append(MapGroup(leaf, rows, geometry, centre=centres.get(name, 0.0)))
     return groups, group_of
 
 
@@ -215,7 +275,8 @@ class OneStageAdapter(DetectorAdapter):
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], torch.cat(lvl)[keep], torch.cat(idx)[keep])
         state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors,
-                 "local": layer is None, "max_detections": m.detections_per_img}
+                 "local": layer is None, "max_detections": m.detections_per_img,
+                 "centres": _layer_centres(m, feats, leaves, layer, geometry)}
         return Trace(dets, geometry, self, state)
 
     def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
@@ -242,15 +303,16 @@ class OneStageAdapter(DetectorAdapter):
                     rows.append((sel, y))
                     continue
                 level_stats = None if stats is None else {k: v[li] for k, v in stats.items()}
+                centre = st["centres"][st["names"][li]]
                 for part, group, y in self._crops(feature, sel, indices, labels, anchors[li], radius, trace,
-                                                  level_stats):
+                                                  level_stats, centre):
                     rows.append((part, y))
                     groups.append(group)
                     group_of[part] = len(groups) - 1
             order = torch.cat([r[0] for r in rows])
             y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
         if radius is None:
-            groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"])
+            groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"], st["centres"])
         return y, groups, group_of
 
     def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
@@ -275,7 +337,8 @@ class OneStageAdapter(DetectorAdapter):
         return torch.cat([score[:, None], _edges(box, geometry)], 1)
 
     def _crops(self, feature: Tensor, sel: Tensor, indices: Tensor, labels: Tensor, anchors: Tensor, radius: int,
-               trace: Trace, norm_stats: dict | None = None) -> Iterator[tuple[Tensor, FeatureGroup, Tensor]]:
+               trace: Trace, norm_stats: dict | None = None, cell_centre: tuple[float, float] = (0.0, 0.0)
+               ) -> Iterator[tuple[Tensor, FeatureGroup, Tensor]]:
         """Run the head on the ``radius`` neighbourhood of each detection's cell only.
 
         Without normalisation across positions, an output at cell p depends on the cells within the head's
@@ -303,7 +366,7 @@ class OneStageAdapter(DetectorAdapter):
             picked = {k: v[torch.arange(len(part)), at] for k, v in out.items()}
             y = self._attributes(picked, labels[part], anchors[indices[part]], trace.geometry)
             rows = torch.arange(len(part), device=part.device)
-            yield part, CropGroup(crops, rows, trace.geometry, feature, windows), y
+            yield part, CropGroup(crops, rows, trace.geometry, feature, windows, cell_centre), y
 
     def _receptive_radius(self, frozen_norm: bool = False) -> int | None:
         """How many cells an output of the head can see in each direction, or ``None`` when it sees further.
@@ -387,8 +450,9 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
 class CropGroup(MapGroup):
     """Crops of one FPN level around one-stage detections (see ``OneStageAdapter._crops``), one per row."""
 
-    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, windows: Windows) -> None:
-        super().__init__(input, rows, geometry, explained=level_map, rowwise=True)
+    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, windows: Windows,
+                 centre: float | tuple[float, float] = 0.0) -> None:
+        super().__init__(input, rows, geometry, explained=level_map, rowwise=True, centre=centre)
         self.windows = windows
 
     def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
@@ -413,16 +477,23 @@ class CropGroup(MapGroup):
 class RoIGroup(FeatureGroup):
     """RoI-pooled features ``[K, C, 7, 7]``, one row per detection, explained on their own grid.
 
-    Maps are pasted into the proposal box the features were pooled from, shifted by half a stride: torchvision's
-    RoIAlign (``aligned=False``) samples cell ``u`` of a stride-``s`` level for pixel ``u * s``, while odam
-    centres that cell on pixel ``(u + 0.5) * s`` (see :class:`MapGroup`).
+    Maps are pasted into the proposal box the features were pooled from, shifted by the level's cell centre
+    ``c``: torchvision's RoIAlign (``aligned=False``) samples the level at cell coordinate ``x / s`` for a
+    proposal coordinate ``x``, and cell ``u`` of the level is centred on model-input pixel ``u * s + c``
+    (:class:`MapGroup`), so a bin reads the image at pixel ``x + c``.
+
+    Args:
+        centre: ``(c_y, c_x)`` of the level each proposal was pooled from (``Tensor[K, 2]``) or of all of them.
     """
 
     rowwise = True
 
-    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry, stride: float) -> None:
+    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry,
+                 centre: float | tuple[float, float] = 0.0) -> None:
         self.input, self.rows, self.geometry = input, rows, geometry
-        self.proposals = proposals + 0.5 * stride
+        cy, cx = (centre, centre) if isinstance(centre, int | float) else centre
+        self.centre = (float(cy), float(cx))
+        self.proposals = proposals + proposals.new_tensor([cx, cy, cx, cy])
 
     def features(self, rows: Tensor) -> Tensor:
         return self.input.detach()[rows]
@@ -431,11 +502,8 @@ class RoIGroup(FeatureGroup):
         return torch.full((len(rows),), float(self.input.shape[-1]), device=boxes.device)
 
     def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
-        g = self.geometry
-        H, W = g.original
-        box = self.proposals[rows]  # model-input pixels
-        ys = (torch.arange(H, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[0] / H)
-        xs = (torch.arange(W, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[1] / W)
+        box = self.proposals[rows].to(maps.dtype)  # model-input pixels
+        ys, xs = self.geometry.input_pixels(maps.device, maps.dtype)
         gx = 2 * (xs[None] - box[:, 0:1]) / (box[:, 2:3] - box[:, 0:1]).clamp_min(1e-6) - 1  # [B, W]
         gy = 2 * (ys[None] - box[:, 1:2]) / (box[:, 3:4] - box[:, 1:2]).clamp_min(1e-6) - 1  # [B, H]
         grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
@@ -447,8 +515,8 @@ class RoILevelGroup(MapGroup):
     """RoI-pooled rows of one FPN level, explained on that level's map through the adjoint of RoIAlign."""
 
     def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, rois: Tensor,
-                 spatial_scale: float, sampling_ratio: int) -> None:
-        super().__init__(input, rows, geometry, explained=level_map, rowwise=True)
+                 spatial_scale: float, sampling_ratio: int, centre: float | tuple[float, float] = 0.0) -> None:
+        super().__init__(input, rows, geometry, explained=level_map, rowwise=True, centre=centre)
         self.rois, self.spatial_scale, self.sampling_ratio = rois, spatial_scale, sampling_ratio
 
     def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
@@ -560,7 +628,8 @@ class TwoStageAdapter(DetectorAdapter):
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], self._roi_levels(proposals)[roi_idx], roi_idx)
         state = {"features": feats, "leaves": leaves, "proposals": proposals, "mode": mode,
-                 "image_sizes": images.image_sizes, "max_detections": rh.detections_per_img}
+                 "image_sizes": images.image_sizes, "max_detections": rh.detections_per_img,
+                 "centres": _layer_centres(m, feats, leaves, layer if mode == "module" else None, geometry)}
         return Trace(dets, geometry, self, state)
 
     def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
@@ -588,7 +657,7 @@ class TwoStageAdapter(DetectorAdapter):
         with torch.enable_grad():
             if st["mode"] == "module":
                 x = pool(st["features"], [props], st["image_sizes"])
-                groups, group_of = _leaf_groups(st["leaves"], levels, geometry, names)
+                groups, group_of = _leaf_groups(st["leaves"], levels, geometry, names, st["centres"])
             else:
                 # Pool each RoI from its level without a graph: the pooled rows are the leaves, and since
                 # the box head treats rows independently one backward pass serves every detection.
@@ -602,11 +671,12 @@ class TwoStageAdapter(DetectorAdapter):
                     leaf = roi_align(level_map, rois, pool.output_size, pool.scales[li], pool.sampling_ratio)
                     leaf.requires_grad_(True)
                     rows = torch.arange(len(sel), device=sel.device)
+                    centre = st["centres"][name]
                     if st["mode"] == "roi":
-                        groups.append(RoIGroup(leaf, rows, props[sel], geometry, 1 / pool.scales[li]))
+                        groups.append(RoIGroup(leaf, rows, props[sel], geometry, centre))
                     else:
                         groups.append(RoILevelGroup(leaf, rows, geometry, level_map, rois, pool.scales[li],
-                                                    pool.sampling_ratio))
+                                                    pool.sampling_ratio, centre))
                     group_of[sel] = len(groups) - 1
                     parts.append((sel, leaf))
                 order = torch.cat([p[0] for p in parts])

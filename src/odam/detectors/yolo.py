@@ -191,6 +191,12 @@ class LetterboxGeometry(Geometry):
         y2 = ((boxes[..., 3] - top) / gy).clamp(0, h)
         return torch.stack([x1, y1, x2, y2], -1)
 
+    def input_pixels(self, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+                     ) -> tuple[Tensor, Tensor]:
+        """As :meth:`Geometry.input_pixels`, in the padded input: the image starts at ``offset``."""
+        ys, xs = super().input_pixels(device, dtype)
+        return ys + self.offset[0], xs + self.offset[1]
+
 
 def letterbox(images: Tensor, imgsz: tuple[int, int], stride: int = 32, auto: bool = True
               ) -> tuple[Tensor, LetterboxGeometry]:
@@ -229,32 +235,17 @@ def letterbox(images: Tensor, imgsz: tuple[int, int], stride: int = 32, auto: bo
     return x, geometry
 
 
-def _place(group: MapGroup, maps: Tensor) -> Tensor:
-    """``MapGroup.to_image`` for a letterboxed input: the image starts at ``offset`` inside the padded input."""
-    g = group.geometry
-    h, w = maps.shape[-2:]
-    H, W = g.original
-    top, left = g.offset
-    ys = (torch.arange(H, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[0] / H) + top
-    xs = (torch.arange(W, device=maps.device, dtype=maps.dtype) + 0.5) * (g.resized[1] / W) + left
-    gy = 2 * ys / (group.stride[0] * h) - 1
-    gx = 2 * xs / (group.stride[1] * w) - 1
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1).expand(maps.shape[0], H, W, 2)
-    return F.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+def neck_centres(model: nn.Module) -> tuple[float, ...]:
+    """Where the neck maps that feed the ``Detect`` head centre their cells, in padded-input pixels: the offset
+    ``c`` of :class:`~odam.detectors.base.MapGroup` for each level (cell ``j`` on ``j * s + c``).
 
-
-class LetterboxMapGroup(MapGroup):
-    """A whole feature map of a letterboxed input (see :class:`MapGroup`)."""
-
-    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
-        return _place(self, maps)
-
-
-class LetterboxCropGroup(CropGroup):
-    """Crops of one neck level around YOLO detections (see ``YoloAdapter._crops``), one per row."""
-
-    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
-        return _place(self, maps)
+    Ultralytics' ``Conv`` pads ``k // 2`` (odd kernels: "same"), so backbone, SPPF and the stride-2 convolutions
+    of the bottom-up path keep cells on ``j * s``. The top-down path's nearest upsampling would move the finer
+    levels back by half a stride per step, but the bottom-up path follows it, and on YOLOv8n and YOLO11n the
+    measured centroid of each level's effective receptive field is within 0.15 cells of ``j * s``
+    (``benchmarks/placement.py``): ``0`` on every level.
+    """
+    return tuple(0.0 for _ in model.model[-1].f)
 
 
 class YoloAdapter(DetectorAdapter):
@@ -521,11 +512,11 @@ class YoloAdapter(DetectorAdapter):
             box = head.cv2[level](crops)[k, :, key[2], key[3]]
             cls = head.cv3[level](crops)[k, :, key[2], key[3]]
             y = self._attributes(box, cls, labels[part], indices[part], level, int(w), geometry)
-            yield part, LetterboxCropGroup(crops, k, geometry, feature, windows), y
+            yield part, CropGroup(crops, k, geometry, feature, windows), y
 
     def _leaf_groups(self, leaves: list[Tensor], levels: Tensor, geometry: LetterboxGeometry, per_level: bool
                      ) -> tuple[list[FeatureGroup], Tensor]:
-        """One :class:`LetterboxMapGroup` per leaf: each level's own, or the chosen layer's for every detection."""
+        """One :class:`MapGroup` per leaf: each level's own, or the chosen layer's for every detection."""
         if per_level:
             chosen, group_of = leaves, levels.clone()
         elif len(leaves) == 1:
@@ -535,7 +526,7 @@ class YoloAdapter(DetectorAdapter):
         groups: list[FeatureGroup] = []
         for g, leaf in enumerate(chosen):
             rows = torch.zeros(int((group_of == g).sum()), dtype=torch.int64, device=levels.device)
-            groups.append(LetterboxMapGroup(leaf, rows, geometry))
+            groups.append(MapGroup(leaf, rows, geometry))
         return groups, group_of
 
     def _receptive_radius(self) -> int | None:
