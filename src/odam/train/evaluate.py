@@ -71,9 +71,7 @@ def oracle_results(dataset: Dataset, nms_thresh: float, *, seed: int = 0) -> lis
     generator = torch.Generator().manual_seed(seed)
     results = []
     for record in dataset.images:
-        boxes = torch.from_numpy(np.asarray(record.boxes, np.float32)).reshape(-1, 4).clone()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, record.width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, record.height)
+        boxes = torch.from_numpy(record.clipped_boxes)
         labels = torch.from_numpy(np.asarray(record.labels, np.int64))
         scores = torch.rand(len(boxes), generator=generator)
         for k in batched_nms(boxes, scores, labels, nms_thresh).tolist():
@@ -152,9 +150,7 @@ def error_breakdown(model: nn.Module, dataset: Dataset, thresholds: list[float])
     try:
         for record in dataset.images:
             out = model([load_image_tensor(record).to(device)])[0]
-            truth = torch.from_numpy(np.asarray(record.boxes, np.float32)).reshape(-1, 4).clone()
-            truth[:, 0::2] = truth[:, 0::2].clamp(0, record.width)
-            truth[:, 1::2] = truth[:, 1::2].clamp(0, record.height)
+            truth = torch.from_numpy(record.clipped_boxes)
             ignored = torch.from_numpy(np.asarray(record.ignore, bool))
             iou = box_iou(out["boxes"].cpu().float(), truth)
             scores = out["scores"].cpu()
