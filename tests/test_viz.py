@@ -243,3 +243,117 @@ def test_viz_does_not_import_pyplot():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     code = "import sys, odam.viz; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# --- memory (issue 15) ---------------------------------------------------------------------------------
+
+
+def traced_peak(fn) -> int:
+    """Peak bytes numpy (and Python) allocate during ``fn()``; torch's own allocations are not traced."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_overlay_blends_in_bands_not_in_float64_at_full_resolution(monkeypatch):
+    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 1024, raising=False)
+    torch.manual_seed(3)
+    img, heat = torch.rand(3, 500, 600), torch.rand(500, 600)
+    box = [-1.0, 10.0, 550.0, 480.0]
+    peak = traced_peak(lambda: overlay(img, heat, box))
+    assert peak < 4 * 500 * 600  # the uint8 result is 3 bytes a pixel; it used to take 150 more
+    # and the bands give what one full-resolution float64 pass gives
+    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 10**9)
+    np.testing.assert_array_equal(overlay(img, heat, box), overlay(img, heat, box))
+
+
+def test_overlay_bands_equal_the_formula(monkeypatch):
+    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 7)  # bands of one row, 6 pixels wide
+    test_blend_formula_for_every_pixel()
+
+
+def test_huge_box_is_clipped_without_a_mask_of_the_image(image):
+    out = overlay(image, torch.rand(10, 12), [-1e300, -1e300, 1e300, 1e300], alpha=0.0)
+    np.testing.assert_array_equal(out, to_uint8(image))
+    out = overlay(image, torch.rand(10, 12), [3.0, -1e300, 5.0, 1e300], alpha=0.0)
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[:, 3:5] = True  # a box two pixels wide is all outline
+    assert (out[mask] == GREEN).all()
+    np.testing.assert_array_equal(out[~mask], to_uint8(image)[~mask])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_normalized_is_normalize_maps_bit_for_bit(dtype):
+    from odam.structures import normalize_maps
+
+    torch.manual_seed(4)
+    for heat in (torch.randn(7, 9) * 100, torch.full((3, 4), 2.5), torch.tensor([[0.0, 1e-40], [0.0, 0.0]]),
+                 torch.tensor([[-3.0, 5.0]])):
+        heat = heat.to(dtype)
+        assert torch.equal(odam.viz._normalized(heat), normalize_maps(heat)), heat
+
+
+def big_explanation(h: int, w: int, targets: tuple[str, ...] = ("score", "left")) -> Explanation:
+    torch.manual_seed(5)
+    dets = Detections(torch.tensor([[0.2 * w, 0.1 * h, 0.6 * w, 0.9 * h]]), torch.tensor([0.7]), torch.tensor([1]))
+    return Explanation(dets, targets, torch.randn(1, len(targets), h, w))
+
+
+def test_panel_draws_a_large_image_at_the_resolution_drawn():
+    from odam.structures import normalize_maps
+
+    torch.manual_seed(6)
+    img, e = torch.rand(3, 600, 900), big_explanation(600, 900)
+    fig = panel(img, e, 0, dpi=100)
+    shown = [np.asarray(ax.get_images()[0].get_array()) for ax in fig.axes]
+    assert [a.shape for a in shown] == [(200, 300, 3)] * 3  # a 3-inch column at 100 dpi
+    resize = torch.nn.functional.interpolate
+    small = resize(img[None], size=(200, 300), mode="bilinear", antialias=True)[0].clamp(0, 1)
+    units = [*normalize_maps(e.maps[0]), e.combined()[0]]
+    box = e.detections.boxes[0] / 3
+    for got, unit in zip(shown, units, strict=True):
+        heat = resize(unit[None, None], size=(200, 300), mode="bilinear", antialias=True)[0, 0].clamp(0, 1)
+        np.testing.assert_array_equal(got, overlay(small, heat, box, normalize=False))
+    assert [a.shape for a in (np.asarray(ax.get_images()[0].get_array()) for ax in panel(img, e, 0, dpi=50).axes)
+            ] == [(100, 150, 3)] * 3
+
+
+def test_panel_does_not_blend_at_full_resolution():
+    peaks = []
+    for h, w in [(600, 900), (1200, 1800)]:
+        img, e = torch.rand(3, h, w), big_explanation(h, w, ("score", "left", "right"))
+        peaks.append(traced_peak(lambda img=img, e=e: panel(img, e, 0)))
+    # what grows with the image: under half a byte a pixel (matplotlib's own few MB do not); it used to take 90
+    assert peaks[1] - peaks[0] < 0.5 * (1200 * 1800 - 600 * 900)
+
+
+def test_save_panel_passes_its_dpi(tmp_path):
+    img, e = torch.rand(3, 600, 900), big_explanation(600, 900)
+    path = save_panel(tmp_path / "p.png", img, e, 0, dpi=40)
+    with Image.open(path) as png:
+        assert png.width == round(3 * 3.0 * 40)
+
+
+@pytest.mark.parametrize("dpi", [0, -1.0, float("nan"), "100", True])
+def test_panel_checks_dpi(image, dpi):
+    with pytest.raises(ValueError, match=re.escape(f"expected dpi to be a positive number, got {dpi!r}")):
+        panel(image, explanation(), 0, dpi=dpi)
+
+
+def test_viz_sets_no_pixel_limit_of_its_own(tmp_path, monkeypatch):
+    """The maps already have the image's size: a path over load_image's default limit still draws."""
+    real = odam.viz.load_image
+
+    def tiny_default(image, **kwargs):  # load_image as if its default max_pixels were 10
+        return real(image, **{"max_pixels": 10, **kwargs})
+
+    monkeypatch.setattr(odam.viz, "load_image", tiny_default)
+    path = tmp_path / "i.png"
+    Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(path)
+    assert len(panel(path, explanation(), 0).axes) == 6
+    assert overlay(path, torch.rand(10, 12)).shape == (10, 12, 3)

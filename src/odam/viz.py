@@ -20,14 +20,17 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+from torch.nn import functional as F
 
-from odam._image import ImageLike, load_image, to_uint8
-from odam.structures import Explanation, normalize_maps
+from odam._image import ImageLike, load_image
+from odam.structures import Explanation
 
 #: Width of one panel column, in inches.
 _PANEL_INCHES = 3.0
 #: Room for the suptitle and the subplot titles, in inches.
 _TITLE_INCHES = 0.8
+#: Pixels blended at a time in float64 by overlay (48 MB of temporaries).
+_CHUNK_PIXELS = 1 << 20
 
 
 def overlay(
@@ -65,7 +68,8 @@ def overlay(
         >>> out.shape, out.dtype.name, out[1, 3].tolist()
         ((8, 8, 3), 'uint8', [0, 255, 0])
     """
-    img = load_image(image)
+    # No pixel limit here: the heat map already has the image's size, and what follows is small per pixel.
+    img = load_image(image, max_pixels=None)
     if not isinstance(heatmap, Tensor):
         raise ValueError(f"expected heatmap to be a tensor, got {type(heatmap).__name__}")
     if heatmap.shape != img.shape[1:]:
@@ -78,18 +82,26 @@ def overlay(
     if not bool(heat.isfinite().all()):
         raise ValueError(f"expected a finite heatmap, got {int((~heat.isfinite()).sum())} non-finite values")
     if normalize:
-        heat = normalize_maps(heat)
+        heat = _normalized(heat)
     elif heat.numel() and not bool(((heat >= 0) & (heat <= 1)).all()):
         raise ValueError(
             f"expected heatmap values in [0, 1] with normalize=False, "
             f"got min {heat.min().item()} and max {heat.max().item()}"
         )
-    colours = _colormap(cmap)(heat.numpy().astype(np.float64))[..., :3]
-    base = img.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
-    blended = (1.0 - alpha) * base + alpha * colours
-    out = to_uint8(torch.from_numpy(blended).permute(2, 0, 1).clamp(0, 1))
-    if box is not None:
-        out[_outline_mask(box, *out.shape[:2])] = _rgb(box_color)
+    colormap = _colormap(cmap)
+    outline = None if box is None else (_box_pixels(box), _rgb(box_color))
+    base, unit = img.detach().to("cpu", torch.float32).permute(1, 2, 0).numpy(), heat.numpy()
+    h, w = unit.shape
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    # Blend a band of rows at a time: float64 only for _CHUNK_PIXELS pixels, never at full resolution.
+    rows = max(1, _CHUNK_PIXELS // max(w, 1))
+    for r in range(0, h, rows):
+        colours = colormap(unit[r : r + rows].astype(np.float64))[..., :3]
+        blended = (1.0 - alpha) * base[r : r + rows].astype(np.float64) + alpha * colours
+        np.rint(np.clip(blended, 0.0, 1.0) * 255, out=blended)  # as to_uint8: round half to even
+        out[r : r + rows] = blended
+    if outline is not None:
+        _draw_outline(out, *outline)
     return out
 
 
@@ -99,6 +111,7 @@ def panel(
     index: int,
     *,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
+    dpi: float = 100.0,
 ) -> Figure:
     """One row of overlays for detection ``index``: one per target, then their combination.
 
@@ -106,11 +119,18 @@ def panel(
     column outlines the detection's box; the figure title is the label (its name if ``class_names`` is
     given) and the score, e.g. ``person 0.87``.
 
+    Each column is ``3`` inches wide. An image wider than that at ``dpi`` is drawn at that resolution: the
+    image and each normalised map are shrunk (antialiased bilinear) before they are coloured and blended, and
+    the box outline is two pixels thick at the size drawn. So memory beyond the inputs stays at a few bytes
+    per image pixel, whatever the image's size.
+
     Args:
-        image: ``Tensor[3, H, W]`` in [0, 1], or anything :func:`odam.load_image` accepts.
+        image: ``Tensor[3, H, W]`` in [0, 1], or anything :func:`odam.load_image` accepts (with no pixel
+            limit: the maps already have the image's size).
         explanation: maps of shape ``[N, T, H, W]`` at the image's resolution.
         index: which detection, ``0 <= index < N``.
         class_names: names indexed by label (a sequence or a mapping).
+        dpi: the figure's resolution, in dots per inch; :func:`save_panel` passes its own.
 
     Returns:
         A matplotlib figure on an Agg canvas with ``T + 1`` axes.
@@ -127,9 +147,14 @@ def panel(
     n, index = len(explanation), operator.index(index)
     if not 0 <= index < n:
         raise ValueError(f"index {index} out of range for an explanation of {n} detections")
-    img = load_image(image)
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not (math.isfinite(dpi) and dpi > 0):
+        raise ValueError(f"expected dpi to be a positive number, got {dpi!r}")
+    img = load_image(image, max_pixels=None)
+    h, w = img.shape[1:]
+    maps = explanation.maps[index].detach()
+    if maps.shape[-2:] != (h, w):
+        raise ValueError(f"heatmap shape {tuple(maps.shape[-2:])} does not match image shape {(h, w)}")
     det = explanation.detections[index]
-    one = Explanation(det, explanation.targets, explanation.maps[index : index + 1])
     label, score = int(det.labels[0]), float(det.scores[0])
     name = str(label)
     if class_names is not None:
@@ -138,17 +163,28 @@ def panel(
         except (IndexError, KeyError) as err:
             raise ValueError(f"label {label} has no entry in class_names ({len(class_names)} names)") from err
 
+    size = _drawn_size(w, h, dpi)
+    shown, combined = [], None
+    for heat in maps:  # one full-resolution map at a time
+        unit = _normalized(heat)
+        combined = unit if combined is None else torch.maximum(combined, unit, out=combined)
+        # As overlay(img, heat) would: normalised in float32 on the CPU.
+        shown.append(_shrink(_normalized(heat.to("cpu", torch.float32)), size))
+    shown.append(_shrink(combined.to("cpu", torch.float32), size))
+    del combined
+    box = det.boxes[0].detach().to("cpu", torch.float64)
+    small = img
+    if size != (w, h):
+        small = _shrink(img.detach().to("cpu", torch.float32), size)
+        box = box * box.new_tensor([size[0] / w, size[1] / h] * 2)
+
     titles = [*explanation.targets, "combined"]
-    maps = [*one.maps[0], one.combined()[0]]
-    h, w = img.shape[1:]
-    fig = Figure(
-        figsize=(_PANEL_INCHES * len(titles), _PANEL_INCHES * h / w + _TITLE_INCHES), layout="constrained"
-    )
+    fig = Figure(figsize=(_PANEL_INCHES * len(titles), _PANEL_INCHES * h / w + _TITLE_INCHES), dpi=dpi,
+                 layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(titles), squeeze=False)[0]
-    for ax, title, heat in zip(axes, titles, maps, strict=True):
-        # The combined map is already in [0, 1]; normalising it again would stretch it.
-        ax.imshow(overlay(img, heat, det.boxes[0], normalize=title != "combined"))
+    for ax, title, unit in zip(axes, titles, shown, strict=True):
+        ax.imshow(overlay(small, unit, box, normalize=False))  # each map is normalised already
         ax.set_title(title)
         ax.set_axis_off()
     fig.suptitle(f"{name} {score:.2f}")
@@ -174,7 +210,7 @@ def save_panel(
         >>> save_panel(Path(tempfile.mkdtemp()) / "a" / "p.png", torch.zeros(3, 8, 8), e, 0).name
         'p.png'
     """
-    fig = panel(image, explanation, index, class_names=class_names)
+    fig = panel(image, explanation, index, class_names=class_names, dpi=dpi)
     try:
         out = _prepare(path)
         fig.savefig(out, format="png", dpi=dpi)
@@ -225,17 +261,59 @@ def _rgb(color: tuple[int, int, int]) -> np.ndarray:
     return np.array(values, dtype=np.uint8)
 
 
-def _outline_mask(box: Tensor | Sequence[float], h: int, w: int, thickness: int = 2) -> np.ndarray:
-    """``[h, w]`` bool mask of a ``thickness``-pixel outline drawn inside ``box``, clipped to the image."""
+def _box_pixels(box: Tensor | Sequence[float]) -> tuple[int, int, int, int]:
+    """The pixel block ``box`` touches: columns ``c1 .. c2 - 1`` and rows ``r1 .. r2 - 1`` as ``(c1, r1, c2, r2)``."""
     values = torch.as_tensor(box, dtype=torch.float64).detach().cpu().flatten().tolist()
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"expected box as four finite numbers (x1, y1, x2, y2), got {values}")
     x1, y1, x2, y2 = values
     if x2 < x1 or y2 < y1:
         raise ValueError(f"expected box with x1 <= x2 and y1 <= y2, got {values}")
-    c1, r1, c2, r2 = math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
-    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+    return math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
+
+
+def _draw_outline(out: np.ndarray, block: tuple[int, int, int, int], rgb: np.ndarray, thickness: int = 2) -> None:
+    """Paint a ``thickness``-pixel outline inside the pixel ``block`` of ``out`` (``[h, w, 3]``), clipped to it.
+
+    Four strips, so the work and memory follow the box's perimeter, not the image's area.
+    """
+    h, w = out.shape[:2]
+    c1, r1, c2, r2 = block
     t = thickness
-    inside = (cols >= c1) & (cols < c2) & (rows >= r1) & (rows < r2)
-    core = (cols >= c1 + t) & (cols < c2 - t) & (rows >= r1 + t) & (rows < r2 - t)
-    return inside & ~core
+
+    def paint(top: int, bottom: int, left: int, right: int) -> None:
+        top, bottom, left, right = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+        if top < bottom and left < right:
+            out[top:bottom, left:right] = rgb
+
+    paint(r1, min(r1 + t, r2), c1, c2)  # top
+    paint(max(r2 - t, r1), r2, c1, c2)  # bottom
+    paint(r1, r2, c1, min(c1 + t, c2))  # left
+    paint(r1, r2, max(c2 - t, c1), c2)  # right
+
+
+def _normalized(heat: Tensor) -> Tensor:
+    """``normalize_maps(heat)`` for one ``[H, W]`` map, bit for bit, with one full-size temporary instead of four."""
+    lo, hi = torch.aminmax(heat)
+    span = hi - lo
+    if not bool(span > 0):
+        return torch.zeros_like(heat)
+    return (heat - lo).div_(span.clamp_min(torch.finfo(heat.dtype).tiny))
+
+
+def _drawn_size(w: int, h: int, dpi: float) -> tuple[int, int]:
+    """``(width, height)`` of one panel column at ``dpi``: the image's own size if it is no wider."""
+    width = max(1, math.ceil(_PANEL_INCHES * dpi))
+    if w <= width:
+        return w, h
+    return width, max(1, round(h * width / w))
+
+
+def _shrink(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``x`` (``[..., H, W]`` in [0, 1]) resized to ``size = (width, height)``, antialiased; as is if equal."""
+    if x.shape[-1] == size[0] and x.shape[-2] == size[1]:
+        return x
+    lead = x.shape[:-2]
+    flat = x.reshape(1, -1, *x.shape[-2:])
+    small = F.interpolate(flat, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)
+    return small.reshape(*lead, size[1], size[0]).clamp_(0, 1)  # the filter may step a rounding past 1
