@@ -159,13 +159,14 @@ def test_layer_choices(image: torch.Tensor) -> None:
         e = odam.ODAM(model, layer=layer).explain(image, targets=("score", "bottom"))
         assert e.maps.shape == (2, 2, 96, 120) and torch.isfinite(e.maps).all()
         assert e.maps.amax() > 0
-    # RoI maps are pasted into the proposal box (shifted by the level's cell centre, (s - 32) / 2 below P5, and
-    # by half a pixel from pixel index to pixel edge): zero well outside it.
+    # RoI maps are pasted into the proposal box (shifted by the level's cell centre, 0, and by half a pixel from
+    # pixel index to pixel edge): zero well outside it.
     e = odam.ODAM(model, layer="roi").explain(image)
     trace = odam.wrap_detector(model).trace(image, "roi")
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
     stride = 1 / model.roi_heads.box_roi_pool.scales[int(e.detections.levels[0])]
-    centre = min(0.0, (stride - 32) / 2) + 0.5
+    centre = 0.0 + 0.5
+    assert stride > 0
     prop = (trace._state["proposals"][e.detections.indices[0]] + centre) * torch.tensor([w / wr, h / hr] * 2)
     x1, y1, x2, y2 = prop.tolist()
     outside = e.maps[0, 0].clone()
@@ -352,18 +353,19 @@ def test_layer_running_twice_is_refused(image: torch.Tensor) -> None:
 
 def test_roi_maps_are_centred_like_level_maps(image: torch.Tensor) -> None:
     # A constant map on the 7x7 grid pasted through RoIGroup covers the proposal shifted by the level's cell
-    # centre: RoIAlign reads cell x / s for proposal coordinate x, and the FPN centres cell u of a stride-s level
-    # on pixel u * s + (s - 32) / 2 (P5 has stride 32; levels at or above it are centred at 0).
+    # centre: RoIAlign reads cell x / s for proposal coordinate x, and cell u of a stride-s level is placed on
+    # pixel index u * s (centre 0), so the box in pixel indices is the proposal itself.
     model = build("fasterrcnn_resnet50_fpn", detections=1)
     trace = odam.wrap_detector(model).trace(image, "roi")
     _, groups, _ = trace.graph(trace.detections)
     group = groups[0]
     placed = group.to_image(torch.ones(1, 7, 7), torch.zeros(1, dtype=torch.int64))[0]
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
-    stride = 1 / model.roi_heads.box_roi_pool.scales[int(trace.detections.levels[0])]
-    centre = min(0.0, (stride - 32) / 2)
+    centre = 0.0
     # in original pixel indices: model-input index u lands on original (u + 0.5) * w / wr - 0.5
     x1, y1, x2, y2 = (trace._state["proposals"][trace.detections.indices[0]] + centre + 0.5).tolist()
     ys, xs = torch.where(placed > 0)
-    assert x1 * w / wr - 1.5 <= xs.min() <= x1 * w / wr + 0.5 and x2 * w / wr - 1.5 <= xs.max() <= x2 * w / wr + 0.5
-    assert y1 * h / hr - 1.5 <= ys.min() <= y1 * h / hr + 0.5 and y2 * h / hr - 1.5 <= ys.max() <= y2 * h / hr + 0.5
+    # bilinear sampling with zero padding reaches half a bin past the box
+    bx, by = (x2 - x1) * w / wr / 14, (y2 - y1) * h / hr / 14
+    assert xs.min() >= x1 * w / wr - 1 - bx and xs.max() <= x2 * w / wr + 1 + bx
+    assert ys.min() >= y1 * h / hr - 1 - by and ys.max() <= y2 * h / hr + 1 + by

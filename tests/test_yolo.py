@@ -22,10 +22,9 @@ from torch import Tensor, nn
 
 import odam
 from odam import TARGETS
-from odam.detectors.base import Trace, Windows
+from odam.detectors.base import MapGroup, Trace, Windows
+from odam.detectors.torchvision import CropGroup
 from odam.detectors.yolo import (
-    LetterboxCropGroup,
-    LetterboxMapGroup,
     UnsupportedModelError,
     YoloAdapter,
     _kept_anchor_cache,
@@ -217,7 +216,7 @@ def test_attributes_from_provenance_reproduce_detections(case: Case, path: str,
     _assert_attributes(trace)
     dets = trace.detections
     _, groups, group_of = trace.graph(dets)
-    kind = LetterboxCropGroup if path in ("crops", "fpn") else LetterboxMapGroup
+    kind = CropGroup if path in ("crops", "fpn") else MapGroup
     for gi, group in enumerate(groups):
         assert type(group) is kind
         levels = dets.levels[group_of == gi]
@@ -232,26 +231,28 @@ def test_attributes_from_provenance_reproduce_detections(case: Case, path: str,
 def test_maps_are_placed_through_the_letterbox(size: tuple[int, int]) -> None:
     # A map whose cells hold their own centre's model-input coordinate, placed on the image, gives each pixel
     # its centre's model-input coordinate (bilinear interpolation of a linear ramp is exact away from borders).
+    # Cell j of a stride-8 neck map is centred on padded-input pixel index j * 8 (neck_centres: 0); original
+    # pixel i is centred on resized pixel index (i + 0.5) * resized / original - 0.5, plus the letterbox offset.
     _, geometry = letterbox(torch.zeros(1, 3, *size), (IMGSZ, IMGSZ))
     assert geometry.offset != (0, 0)
     h, w = geometry.padded[0] // 8, geometry.padded[1] // 8
-    group = LetterboxMapGroup(torch.zeros(1, 4, h, w), torch.zeros(1, dtype=torch.int64), geometry)
+    group = MapGroup(torch.zeros(1, 4, h, w), torch.zeros(1, dtype=torch.int64), geometry)
     assert group.stride == (8.0, 8.0)
     rows = torch.zeros(1, dtype=torch.int64)
-    ys = ((torch.arange(h) + 0.5) * 8)[:, None].expand(h, w)
-    xs = ((torch.arange(w) + 0.5) * 8)[None, :].expand(h, w)
+    ys = (torch.arange(h) * 8.0)[:, None].expand(h, w)
+    xs = (torch.arange(w) * 8.0)[None, :].expand(h, w)
     H, W = size
     top, left = geometry.offset
     gy, gx = geometry.resized[0] / H, geometry.resized[1] / W
-    expect_y = (torch.arange(H) + 0.5) * gy + top
-    expect_x = (torch.arange(W) + 0.5) * gx + left
-    inside_y = (expect_y > 4) & (expect_y < geometry.padded[0] - 4)
-    inside_x = (expect_x > 4) & (expect_x < geometry.padded[1] - 4)
+    expect_y = (torch.arange(H) + 0.5) * gy - 0.5 + top
+    expect_x = (torch.arange(W) + 0.5) * gx - 0.5 + left
+    inside_y = (expect_y > 0) & (expect_y < (h - 1) * 8)
+    inside_x = (expect_x > 0) & (expect_x < (w - 1) * 8)
     placed_y, placed_x = group.to_image(torch.stack([ys, xs]), rows.expand(2))
     torch.testing.assert_close(placed_y[inside_y, 0], expect_y[inside_y], atol=1e-3, rtol=0)
     torch.testing.assert_close(placed_x[0, inside_x], expect_x[inside_x], atol=1e-3, rtol=0)
-    crops = LetterboxCropGroup(torch.zeros(1, 4, 5, 5), rows, geometry, torch.zeros(1, 4, h, w),
-                               Windows(torch.zeros(1, 2, dtype=torch.int64), (5, 5), (h, w)))
+    crops = CropGroup(torch.zeros(1, 4, 5, 5), rows, geometry, torch.zeros(1, 4, h, w),
+                      Windows(torch.zeros(1, 2, dtype=torch.int64), (5, 5), (h, w)))
     torch.testing.assert_close(crops.to_image(ys[None], rows), placed_y[None])
 
 

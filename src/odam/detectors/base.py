@@ -114,8 +114,8 @@ class MapGroup(FeatureGroup):
     (pixel indices): where the network centres it, which the adapter declares. ``centre=0`` (the default) is
     the centre of a stack of stride-2 convolutions and pools with "same" padding (odd kernel ``k``, padding
     ``(k - 1) / 2``), such as every torchvision backbone body: each such layer keeps a cell on the input pixel
-    under its kernel's middle. An FPN's top-down pathway moves its finer levels' cells (see
-    ``odam.detectors.torchvision.fpn_centres``); docs/ODAM.md has the measurements.
+    under its kernel's middle (FPN levels too: see ``odam.detectors.torchvision.fpn_centres``); docs/ODAM.md
+    has the measurements.
 
     Args:
         centre: the offset ``c`` in model-input pixels, one number or ``(c_y, c_x)``.

@@ -173,9 +173,9 @@ def body_centres() -> tuple[float, ...]:
 
     The MobileNet is "same"-padded and the FPN has torchvision's design (lateral 1x1 convolutions, the level
     above added after a nearest-neighbour resize), so :func:`odam.detectors.torchvision.fpn_centres` applies:
-    ``(s - 32) / 2`` for strides 8, 16, 32.
+    ``0`` on every level.
     """
-    return tuple((s - STEPS[-1]) / 2 for s in STEPS)
+    return tuple(0.0 for _ in STEPS)
 
 
 class RetinaFace(nn.Module):

@@ -38,7 +38,6 @@ from odam.detectors.base import (
     MapGroup,
     Trace,
     Windows,
-    _infer_stride,
     leaf_hook,
     resolve_layer,
 )
@@ -116,37 +115,22 @@ def _as_dict(feats: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
 
 def fpn_centres(fpn: nn.Module | None, sizes: dict[str, tuple[int, int]], padded: tuple[int, int]
                 ) -> dict[str, tuple[float, float]]:
-    """Where an FPN centres the cells of each of its output maps: ``{name: (c_y, c_x)}``, the offset ``c`` of
+    """Where an FPN's output maps are placed: ``{name: (c_y, c_x)}``, the offset ``c`` of
     :class:`~odam.detectors.base.MapGroup` (cell ``j`` of a stride-``s`` map on model-input pixel ``j * s + c``).
 
-    torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` (and RetinaFace's, the same design) adds to
-    each level's lateral map the level above, upsampled twice by nearest neighbour. The lateral maps come from a
-    body of "same"-padded convolutions, whose cells are centred on ``j * s``. Nearest upsampling copies a coarse
-    cell onto the two fine cells below it, whose centre lies half a fine stride after the coarse cell's, so
-    along the pathway from the top input level (stride ``s_top``) a level of stride ``s`` sees content centred
-    ``(s_top - s) / 2`` pixels before its cells: ``-12`` pixels at P3 and ``-8`` at P4 below a stride-32 P5.
-    That pathway, through the deepest features, carries most of a cell's effective receptive field (measured
-    with random and trained weights in ``benchmarks/placement.py``), so the level is centred there. Levels
-    above the top input level (P6, P7, max-pooled ones) are made from it by "same"-padded stride-2 layers and
-    keep its centre, ``0``. Maps of a body without an FPN (``fpn=None``) are centred at ``0``.
+    ``0`` on every level: the lateral path from a "same"-padded body centres cell ``j`` on ``j * s``, and so do
+    torchvision's anchors and FCOS's points, which training aligns the cells with. The top-down pathway's nearest
+    upsampling moves the centroid of a finer level's effective receptive field towards ``(s - s_top) / 2``
+    (measured on random and trained weights, ``benchmarks/placement.py``: about -9 pixels at P3, -5 to -8 at P4),
+    but placing P3/P4 there lowered ODAM's pointing game on the bundled trained detectors (docs/ODAM.md), so that
+    centroid is reported, not used.
 
     Args:
-        fpn: the FPN module (its ``inner_blocks`` count its input levels), or ``None``.
+        fpn: the FPN module, or ``None`` (kept for adapters that place levels differently).
         sizes: ``(h, w)`` of each output map, in the FPN's output order.
         padded: ``(H, W)`` of the padded model input.
     """
-    names = list(sizes)
-    inputs = len(getattr(fpn, "inner_blocks", ())) if fpn is not None else 0
-    if inputs < 2 or inputs > len(names):
-        return {n: (0.0, 0.0) for n in names}
-    top = sizes[names[inputs - 1]]
-    top_stride = [_infer_stride(padded[a], top[a]) for a in range(2)]
-    centres = {}
-    for k, n in enumerate(names):
-        stride = [_infer_stride(padded[a], sizes[n][a]) for a in range(2)]
-        cy, cx = ((stride[a] - top_stride[a]) / 2 if k < inputs else 0.0 for a in range(2))
-        centres[n] = (cy, cx)
-    return centres
+    return {n: (0.0, 0.0) for n in sizes}
 
 
 def _fpn_of(model: nn.Module) -> nn.Module | None:
