@@ -2,7 +2,8 @@
 
 Every input either loads as a float32 ``[3, H, W]`` tensor in [0, 1] equal to an independent, slow conversion
 of the decoded pixels, or raises a one-line ``ValueError`` naming the file. Derandomized, so the verdict is the
-same on every machine; ``ODAM_FUZZ_EXAMPLES`` scales the number of examples for a longer campaign.
+same on every machine; ``ODAM_FUZZ_EXAMPLES`` scales the number of examples for a longer campaign, and
+``ODAM_FUZZ_RANDOM=1`` with ``--hypothesis-seed`` draws other examples.
 """
 
 import colorsys
@@ -22,7 +23,8 @@ from PIL import Image
 from odam._image import load_image
 
 EXAMPLES = int(os.environ.get("ODAM_FUZZ_EXAMPLES", "250"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+#: ODAM_FUZZ_RANDOM=1 draws new examples each run (with pytest's --hypothesis-seed) for a campaign.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not os.environ.get("ODAM_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA",

@@ -29,8 +29,8 @@ from odam.structures import Explanation
 _PANEL_INCHES = 3.0
 #: Room for the suptitle and the subplot titles, in inches.
 _TITLE_INCHES = 0.8
-#: Pixels blended at a time in float64 by overlay (48 MB of temporaries).
-_CHUNK_PIXELS = 1 << 20
+#: Pixels blended at a time in float64 by overlay (about 40 MB of temporaries, matplotlib's included).
+_CHUNK_PIXELS = 1 << 18
 
 
 def overlay(
