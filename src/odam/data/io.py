@@ -27,6 +27,7 @@ byte-stable: coordinates are rounded to 2 decimals and written as integers where
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import json
@@ -413,12 +414,13 @@ def _segmentation(ann: dict, height: int, width: int, name: str, place: str) -> 
                                      f"[height, width] [{height}, {width}]")
         counts = seg["counts"]
         if isinstance(counts, str):
-            problem = _rle_problem(counts, height * width)
+            problem, digits = _rle_problem(counts, height * width)
             if problem:
                 raise _fail(name, place, f"segmentation counts are not a compressed RLE of a {height}x{width} "
                                          f"mask: {problem}")
-            # pycocotools re-encodes the counts odam decoded, so it never parses an unchecked string
-            counts = [int(c) for c in _decode_rle(counts)]
+            if digits <= 6:  # checked, and pycocotools' decoder (C int shifts up to 25 bits) reads it as odam did
+                return {"size": [height, width], "counts": counts}
+            counts = [int(c) for c in _decode_rle(counts)]  # pycocotools re-encodes what odam decoded
         elif isinstance(counts, list):
             if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
                 raise _fail(name, place, f"uncompressed segmentation counts must be non-negative integers "
@@ -465,25 +467,27 @@ def _decode_rle(counts: str) -> np.ndarray:
     return runs
 
 
-def _rle_problem(counts: str, pixels: int) -> str | None:
-    """Why a compressed RLE string cannot describe a mask of ``pixels`` pixels, or ``None`` if it can."""
+def _rle_problem(counts: str, pixels: int) -> tuple[str | None, int]:
+    """Why a compressed RLE string cannot describe a mask of ``pixels`` pixels (``None`` if it can), and the
+    most digits one run of it has."""
     if not counts.isascii():
-        return "characters outside '0'..'o'"
+        return "characters outside '0'..'o'", 0
     c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
     if ((c < 0) | (c >= 64)).any():
-        return "characters outside '0'..'o'"
+        return "characters outside '0'..'o'", 0
     if len(c) and c[-1] & 0x20:
-        return "the string ends inside a run"
+        return "the string ends inside a run", 0
     last = np.flatnonzero((c & 0x20) == 0)
-    if len(last) and np.diff(np.concatenate([[-1], last])).max() > 7:
-        return "a run of more than 7 digits"  # 35 bits; a run of a 32768x32768 mask needs 32
+    digits = int(np.diff(last, prepend=-1).max()) if len(last) else 0
+    if digits > 7:
+        return "a run of more than 7 digits", digits  # 35 bits; a run of a 32768x32768 mask needs 32
     runs = _decode_rle(counts)
     if (runs < 0).any():
-        return "a negative run"
+        return "a negative run", digits
     total = int(runs.sum())
     if total != pixels:
-        return f"the runs cover {total} pixels, not {pixels}"
-    return None
+        return f"the runs cover {total} pixels, not {pixels}", digits
+    return None, digits
 
 
 def _empty_rle(height: int, width: int) -> RLE:
@@ -546,7 +550,7 @@ def _box(obj: dict, key: str, width: int, height: int, name: str, place: str, *,
                                  f"the {width}x{height} image")
     if inside and (x + w <= 0 or y + h <= 0 or x >= width or y >= height):
         raise _fail(name, place, f"box {key} {_show(value)} lies entirely outside the {width}x{height} image")
-    x1, y1, x2, y2 = (float(v) for v in np.array([x, y, x + w, y + h], np.float32))
+    x1, y1, x2, y2 = array.array("f", (x, y, x + w, y + h)).tolist()  # as float32 (bounded above, so no overflow)
     if x2 <= x1 or y2 <= y1:
         raise _fail(name, place, f"box {key} {_show(value)} has non-positive size in float32")
     return x1, y1, x2, y2
