@@ -236,6 +236,34 @@ def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:
         main(["explain", str(images["corrupt"]), "--model", SPEC, "--out", str(tmp_path), "--debug", *FAST])
 
 
+@pytest.mark.parametrize("argv", [
+    ["explain", "a.png", "--out", "o"], ["demo", "--out", "o"],
+    ["train", "--model", "fcos", "--data", "d", "--out", "o"],
+    ["evaluate", "detector", "--model", "synthcrowd-fcos", "--data", "d"],
+    ["evaluate", "explanations", "--data", ".", "--out", "o"],
+    ["evaluate", "correlation", "--data", ".", "--model", "m", "--out", "o"],
+    ["evaluate", "nms", "--data", ".", "--model", "m", "--out", "o"],
+    ["data", "synthcrowd", "--out", "o", "--num-images", "1", "--seed", "0"], ["data", "stats", "d"],
+])
+def test_ctrl_c_is_one_line_and_exit_130(argv: list[str], capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each command, interrupted once it has started (a real Ctrl-C during explain: test_resume)."""
+    import odam.cli
+    import odam.data.io
+    import odam.data.synthcrowd
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    for module, name in ((odam.cli, "_device"), (odam.data.synthcrowd, "generate"), (odam.data.io, "read_dataset")):
+        monkeypatch.setattr(module, name, interrupted)
+    assert main(argv) == 130
+    out, err = capsys.readouterr()
+    assert err == "odam: interrupted\n" and out == ""
+    with pytest.raises(KeyboardInterrupt):  # --debug shows the traceback, as for errors
+        main([*argv, "--debug"])
+
+
 def test_usage_errors_and_help(capsys: pytest.CaptureFixture) -> None:
     assert main([]) == 2
     _assert_one_error_line(capsys.readouterr().err, "the following arguments are required")
