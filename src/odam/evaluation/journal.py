@@ -76,7 +76,7 @@ def has_records(journals: Sequence[Path]) -> bool:
     return any(path.exists() and b"\n" in path.read_bytes() for path in journals)
 
 
-def check_settings(out: Path, settings: dict, defaults: dict, journals: Sequence[Path] = ()) -> None:
+def check_settings(out: Path, settings: dict, defaults: dict, journals: Sequence[Path]) -> None:
     """Write ``out/config.json`` for a new run, or check that a rerun in ``out`` agrees with it on every setting
     (a setting the stored run lacks, added since, counts as its value in ``defaults``). ``ValueError`` names the
     first that differs, unless none of ``journals`` holds a record yet: then the new settings replace the old.
