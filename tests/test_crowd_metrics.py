@@ -199,6 +199,7 @@ DETECTION_ERRORS = [  # (one JSON line, problem): the reader's own ValueError na
     ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1' + "0" * 400 + ', 1], "score": 1}]}', "does not fit float32"),
     ('{"ID": "a", "dtboxes": [{"box": [0, 0, -1, 1], "score": 1}]}', "has negative size"),
     ('{"ID": "a", "dtboxes": [{"box": [0, 0, true, 1], "score": 1}]}', "must be 4 numbers"),
+    ('{"ID": "a", "dtboxes": [{"box": [null, 0, 1, 1], "score": 0}]}', "must be 4 numbers"),  # fuzz: TypeError
     ('{"ID": "a", "dtboxes": [{"box": [0, 0, 1, 1], "score": true}]}', "needs 'box'"),
     ('{"ID": "a", "dtboxes": []}\n' + "[" * 100_000, "line 2: JSON nested too deeply"),
 ]
@@ -219,6 +220,7 @@ GROUND_TRUTH_ERRORS = [  # (one JSON line, problem)
     ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, NaN, 1, 1]}]}', r"gtboxes\[0\]: fbox .* not finite"),
     ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 1e300, 1, 1]}]}', "does not fit float32"),
     ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 0, 1, -1]}]}', "has negative size"),
+    ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 0, 1, true]}]}', "must be 4 numbers"),
     ('{"ID": "a", "width": NaN, "height": 5, "gtboxes": []}', "width and height must both be positive numbers"),
     ('{"ID": "a", "width": true, "height": 5, "gtboxes": []}', "width and height must both be positive numbers"),
     ('{"ID": "a", "width": 5, "gtboxes": []}', "width and height must both be positive numbers"),
