@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests._matching import match_by_box
 from tests.conftest import ALL_FAMILIES, build
 
 import odam
@@ -22,16 +23,23 @@ def test_batched_transform_equals_torchvision(size: tuple[int, int]) -> None:
 
 
 def test_candidates_batched_equal_one_by_one(family_model: torch.nn.Module) -> None:
+    # Matched by box, not by position: random-init scores have neighbours 1e-7 apart (RetinaNet v2, measured),
+    # which a batch and a single image round apart differently on other CPUs and thread counts, swapping places
+    # and trading the last place of the top 50 (24 of 600 box values up to 27.6 px apart on another machine).
     adapter = odam.wrap_detector(family_model)
     images = torch.rand(3, 3, 96, 120, generator=torch.Generator().manual_seed(1))
-    whole = adapter.candidates(images, max_candidates=50)
+    top, room = 50, 80  # each top 50 lies within the other pass's top 80 (near ties move a place or two)
+    whole = adapter.candidates(images, max_candidates=room)
     for b in range(3):
-        one = adapter.candidates(images[b:b + 1], max_candidates=50)
+        one = adapter.candidates(images[b:b + 1], max_candidates=room)
         m = int(one.valid.sum())
-        assert int(whole.valid[b].sum()) == m
-        torch.testing.assert_close(whole.boxes[b, :m], one.boxes[0, :m], atol=1e-3, rtol=1e-4)
-        torch.testing.assert_close(whole.scores[b, :m], one.scores[0, :m], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(whole.probs[b, :m], one.probs[0, :m], atol=1e-5, rtol=1e-4)
+        assert int(whole.valid[b].sum()) == m and m >= top
+        for (x, i), (y, j) in (((whole, b), (one, 0)), ((one, 0), (whole, b))):
+            perm = match_by_box(x.boxes[i, :top], y.boxes[j, :m], atol=1e-2, scores_a=x.scores[i, :top],
+                                scores_b=y.scores[j, :m], score_atol=1e-4, subset=True)
+            torch.testing.assert_close(x.probs[i, :top], y.probs[j, perm], atol=1e-5, rtol=1e-4)
+            if x.objectness is not None:
+                torch.testing.assert_close(x.objectness[i, :top], y.objectness[j, perm], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ALL_FAMILIES)
