@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests._matching import match_by_box
 from tests.cases.retinaface import native, session
 
 import odam
@@ -43,9 +44,10 @@ def test_detections_equal_onnxruntime_on_real_photos(model: rf.RetinaFace, name:
     dets = odam.wrap_detector(model).detect(image)
     boxes, scores, labels = native(model, image)
     assert len(dets) == len(boxes) >= 1
-    torch.testing.assert_close(dets.boxes, boxes, atol=1e-3, rtol=0)
-    torch.testing.assert_close(dets.scores, scores, atol=1e-3, rtol=0)
-    assert torch.equal(dets.labels, labels)
+    # Paired by box: onnxruntime's kernels (chosen by CPU) round apart from torch's, and two of t1's faces score
+    # only 6e-5 apart, so their places could swap on another machine.
+    match_by_box(dets.boxes, boxes, atol=1e-3, scores_a=dets.scores, scores_b=scores, score_atol=1e-3,
+                 labels_a=dets.labels, labels_b=labels)
     if name == "t1":
         assert len(dets) == 6  # the six people of the photo
     if name == "collage":
