@@ -89,8 +89,3 @@ def match_by_box(boxes_a: Tensor, boxes_b: Tensor, *, atol: float = 1e-3, scores
                              f"b: {nearest}")
     return perm
 
-
-def score_gaps(scores: Tensor) -> Tensor:
-    """The differences between neighbours of ``scores`` (``Tensor[N]``) sorted in descending order."""
-    s = scores.detach().flatten().sort(descending=True).values
-    return s[:-1] - s[1:]
