@@ -191,6 +191,43 @@ def test_explains_exactly_the_passed_detections(image: torch.Tensor) -> None:
     torch.testing.assert_close(chosen.maps, everything.maps[[2, 0]])
 
 
+@pytest.mark.parametrize("name", ["fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
+def test_detections_of_another_image_are_refused(name: str, image: torch.Tensor) -> None:
+    """Detections record a level and an index, not their image: the box the detector predicts there on the
+    explained image must be theirs, whatever the size of the other image."""
+    model = build(name, detections=4)
+    explainer = odam.ODAM(model)
+    other = torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(7))
+    for source in (other, torch.rand(3, 64, 200, generator=torch.Generator().manual_seed(8))):
+        dets = odam.wrap_detector(model).detect(source)
+        with pytest.raises(ValueError, match=r"^detection \d+ does not come from this image: its box \[") as err:
+            explainer.explain(image, detections=dets)
+        assert "\n" not in str(err.value)
+    for cls in (odam.GradCAM, odam.GradCAMPlusPlus):
+        with pytest.raises(ValueError, match="does not come from this image"):
+            cls(model).explain(image, detections=dets)
+    own = odam.wrap_detector(model).detect(image)
+    moved = odam.Detections(own.boxes + torch.tensor([0.0, 0, 0, 1]), own.scores, own.labels, own.levels,
+                            own.indices)
+    with pytest.raises(ValueError, match="detection 0 does not come from this image"):
+        explainer.explain(image, detections=moved)
+    assert len(explainer.explain(image, detections=own)) == 4  # its own detections pass
+
+
+@pytest.mark.parametrize("what", ["boxes", "scores"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_detections_are_refused(what: str, value: float, image: torch.Tensor) -> None:
+    model = build("retinanet_resnet50_fpn", detections=3)
+    dets = odam.wrap_detector(model).detect(image)
+    fields = {"boxes": dets.boxes.clone(), "scores": dets.scores.clone()}
+    fields[what][1] = value
+    bad = odam.Detections(fields["boxes"], fields["scores"], dets.labels, dets.levels, dets.indices)
+    noun = "box" if what == "boxes" else "score"
+    for explainer in (odam.ODAM(model), odam.GradCAM(model), odam.DRISE(model, num_masks=4)):
+        with pytest.raises(ValueError, match=f"^detection 1 has a non-finite {noun}: "):
+            explainer.explain(image, detections=bad)
+
+
 def test_options_change_maps_as_documented(image: torch.Tensor) -> None:
     model = build("retinanet_resnet50_fpn", detections=2)
     raw = odam.ODAM(model, activation="none").explain(image).maps
