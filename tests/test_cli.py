@@ -335,3 +335,26 @@ def test_explain_uses_the_nms_it_is_given(tmp_path: Path, capsys: pytest.Capture
         expected.append(detector.detect(DEMO_SCENE).scores.tolist())
     assert scores == pytest.approx(expected[0], abs=1e-6)
     assert scores != pytest.approx(expected[1], abs=1e-3)  # Soft-NMS decays the scores of overlapping boxes
+
+
+def test_explain_max_pixels_refuses_or_downscales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An image over --max-pixels is one error line and skipped; with --downscale it is shrunk to fit and explained
+    at the shrunk size, which explanations.json records."""
+    from odam.cli import DEMO_SCENE
+
+    with Image.open(DEMO_SCENE) as scene:
+        w, h = scene.size
+    limit = w * h // 4
+    base = ["explain", str(DEMO_SCENE), "--targets", "score", "--max-detections", "1", "--device", "cpu",
+            "--max-pixels", str(limit)]
+    code, _, stderr = _run([*base, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, f"is {w}x{h}", "limit", "downscale")
+    assert json.loads((tmp_path / "a" / "explanations.json").read_text())["errors"]
+    code, _, stderr = _run([*base, "--downscale", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0, stderr
+    [entry] = json.loads((tmp_path / "b" / "explanations.json").read_text())["images"]
+    assert entry["width"] * entry["height"] <= limit and entry["width"] < w
+    assert abs(entry["width"] / entry["height"] - w / h) < 0.02
+    code, _, stderr = _run([*base[:-1], "-5", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "--max-pixels" in stderr and "positive" in stderr

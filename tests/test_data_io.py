@@ -136,6 +136,22 @@ def test_coco_round_trip(tmp_path: Path) -> None:
     assert got.info == want.info and got.source == tmp_path / "annotations.json"
 
 
+@pytest.mark.parametrize(("orientation", "size"), [(1, (30, 20)), (3, (30, 20)), (6, (20, 30)), (8, (20, 30))])
+def test_odgt_size_is_the_upright_size(tmp_path: Path, orientation: int, size: tuple[int, int]) -> None:
+    """A phone photo stored 30x20 with EXIF orientation 6 or 8 is 20x30 upright, as load_image returns it, so its
+    odgt size (read from the header when the line has none) and the training loader agree."""
+    from odam.train.engine import load_image_tensor
+
+    (tmp_path / "Images").mkdir()
+    exif = Image.Exif()
+    exif[274] = orientation
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "Images" / "p.png", exif=exif.tobytes())
+    (tmp_path / "a.odgt").write_text(json.dumps({"ID": "p", "gtboxes": [{"tag": "person", "fbox": [1, 1, 5, 5]}]}))
+    [rec] = read_odgt(tmp_path / "a.odgt", image_dir=tmp_path / "Images").images
+    assert (rec.width, rec.height) == size
+    assert tuple(load_image_tensor(rec).shape) == (3, size[1], size[0])
+
+
 def test_odgt_round_trip(tmp_path: Path) -> None:
     want = odgt_dataset(write_images(tmp_path / "images"))
     write_odgt(want, tmp_path / "annotations.odgt")

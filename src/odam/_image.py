@@ -244,6 +244,20 @@ def _from_pil(img: Image.Image, name: str, max_pixels: int | None, downscale: bo
     return gray.expand(3, *gray.shape).contiguous()
 
 
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``img`` once turned upright by its EXIF orientation, as :func:`load_image` returns
+    it, read from the header without decoding; unreadable EXIF data counts as "as stored"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception:  # noqa: BLE001 - PIL raises many kinds on broken EXIF; load_image warns about it
+            orientation = 1
+    w, h = img.size
+    swapped = isinstance(orientation, int) and orientation in (5, 6, 7, 8)  # transposed or turned by 90 degrees
+    return (h, w) if swapped else (w, h)
+
+
 def _upright(img: Image.Image, name: str) -> Image.Image:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

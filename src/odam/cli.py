@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import odam
 from odam._atomic import atomic_path, atomic_write
+from odam._image import MAX_PIXELS
 from odam.detectors.base import LayerError
 from odam.explainers.odam import _check_targets
 from odam.models import BUNDLED, configure
@@ -103,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--max-detections", type=int, metavar="N", help="at most N detections per image")
     explain.add_argument("--min-size", type=int, metavar="N", help="resize the shorter side to N pixels")
     explain.add_argument("--max-size", type=int, metavar="N", help="cap the longer side at N pixels")
+    explain.add_argument("--max-pixels", type=_pixels, default=MAX_PIXELS, metavar="N",
+                         help=f"refuse images of more than N pixels (width x height; default {MAX_PIXELS}, 0: no "
+                              "limit), or shrink them with --downscale")
+    explain.add_argument("--downscale", action="store_true",
+                         help="shrink images over --max-pixels to fit (aspect kept); boxes and maps are then in "
+                              "the shrunk image's pixels, whose size explanations.json records")
     explain.add_argument("--layer", default=None, metavar="L",
                          help="explained features: 'fpn' (default), 'roi' (two-stage detectors), 'ssh' "
                               "(retinaface) or a dotted module name such as backbone.body.layer3")
@@ -560,7 +567,8 @@ def _explain(args: argparse.Namespace) -> int:
     _check_layer(model, args.layer)
     model.to(device)
     failed = explain_images(detector, args.images, args.out, spec=args.model, targets=targets, layer=args.layer,
-                            save_maps=args.save_maps, class_names=categories, debug=args.debug)
+                            save_maps=args.save_maps, class_names=categories, debug=args.debug,
+                            max_pixels=args.max_pixels or None, downscale=args.downscale)
     return EXIT_ERROR if failed else 0
 
 
@@ -585,12 +593,15 @@ def explain_images(
     save_maps: bool = False,
     class_names: Sequence[str] | None = None,
     debug: bool = False,
+    max_pixels: int | None = MAX_PIXELS,
+    downscale: bool = False,
 ) -> int:
     """Explain each image with ``model`` (a detector or its adapter, whose ``nms`` is then used), write its panels
     (and maps), rewrite ``out/explanations.json`` and the page ``out/index.html`` that shows every panel; return
     the number of images that failed.
 
-    An image that cannot be read or explained is reported on stderr, listed under ``errors`` and skipped.
+    An image that cannot be read or explained is reported on stderr, listed under ``errors`` and skipped; so is
+    one of more than ``max_pixels`` pixels, unless ``downscale`` shrinks it to fit (see :func:`odam.load_image`).
     """
     out.mkdir(parents=True, exist_ok=True)
     explainer = odam.ODAM(model, layer=layer)
@@ -600,7 +611,7 @@ def explain_images(
     for path, stem in tqdm(list(zip(images, _unique_stems(images), strict=True)), desc="odam", unit="image",
                            file=sys.stderr, disable=None):
         try:
-            image = odam.load_image(path)
+            image = odam.load_image(path, max_pixels=max_pixels, downscale=downscale)
             explanation = explainer.explain(image, targets)
             entry = _write_image(out, path, stem, image, explanation, save_maps, class_names)
         except LayerError:
@@ -692,6 +703,16 @@ def map_stats(heatmap: Tensor, box: Tensor) -> dict[str, Any]:
     inside = float(values[y1:y2, x1:x2].sum())
     return {"peak": [flat % w, flat // w], "max": float(heatmap.max()),
             "energy_in_box": inside / total if total != 0 else 0.0}
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive number of pixels, got {value}")
+    return value
 
 
 def _parse_targets(text: str) -> tuple[str, ...]:

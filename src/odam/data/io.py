@@ -43,7 +43,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from odam._image import open_image
+from odam._image import open_image, upright_size
 from odam.data.dataset import RLE, Dataset, DatasetError, ImageRecord
 
 PathLike = str | os.PathLike
@@ -524,7 +524,7 @@ def _odgt_size(obj: dict, file: Path, name: str, place: str) -> tuple[int, int]:
         return int(obj["width"]), int(obj["height"])
     try:
         with open_image(file) as image:
-            width, height = image.size
+            width, height = upright_size(image)  # load_image turns photos upright by their EXIF orientation
     except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
         raise _fail(name, place, f"cannot read the size of image {file}: {err}") from err
     if max(width, height) > MAX_IMAGE_SIDE:

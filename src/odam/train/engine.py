@@ -37,12 +37,12 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.distributed as dist
-from PIL import Image
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from odam._atomic import atomic_path, atomic_write
+from odam._image import load_image
 from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
 from odam.data.io import read_dataset
@@ -170,15 +170,14 @@ class TrainConfig:
 
 def load_image_tensor(record: ImageRecord) -> Tensor:
     """The image of ``record`` as ``float32 [3, H, W]`` in [0, 1]; a one-line DatasetError if unreadable."""
-    try:
-        with Image.open(record.file) as img:
-            array = np.asarray(img.convert("RGB"))
+    try:  # upright by EXIF, 16-bit and float files scaled: what explanations see (odam.load_image)
+        image = load_image(record.file, max_pixels=None)
     except (OSError, ValueError) as err:
         raise DatasetError(f"{record.file}: cannot read image: {' '.join(str(err).split())}") from err
-    if array.shape[:2] != (record.height, record.width):
-        raise DatasetError(f"{record.file}: image is {array.shape[1]}x{array.shape[0]}, the annotations say "
+    if tuple(image.shape[-2:]) != (record.height, record.width):
+        raise DatasetError(f"{record.file}: image is {image.shape[-1]}x{image.shape[-2]}, the annotations say "
                            f"{record.width}x{record.height}")
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    return image
 
 
 def training_target(record: ImageRecord, flip: bool) -> dict[str, Tensor]:
