@@ -22,7 +22,6 @@ import inspect
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from torchvision.models import detection
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from odam._atomic import atomic_path, atomic_write
 from odam.detectors.base import DetectorAdapter
 
 #: The torchvision builders ``create_model`` accepts, as ``"torchvision:<builder>"``.
@@ -230,8 +230,9 @@ def save_checkpoint(
                for k, v in model.state_dict().items()}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / _TENSORS, lambda tmp: safetensors.torch.save_file(tensors, tmp))
-    _atomic(out / _CONFIG, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(out / _TENSORS) as tmp:
+        safetensors.torch.save_file(tensors, tmp)
+    atomic_write(out / _CONFIG, text + "\n")
     return out
 
 
@@ -562,18 +563,6 @@ def _valid_spec(spec: Any) -> bool:
     if spec.startswith(_PREFIX):
         return spec[len(_PREFIX):] in BUILDERS
     return spec.startswith(_ODAM) and spec[len(_ODAM):] in _architectures()
-
-
-def _atomic(target: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp made it private; a checkpoint is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _some(items: list[str], limit: int = 3) -> str:

@@ -33,7 +33,6 @@ import io
 import json
 import math
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from odam._atomic import atomic_write
 from odam._image import open_image, upright_size
 from odam.data.dataset import RLE, Dataset, DatasetError, ImageRecord
 
@@ -778,7 +778,7 @@ def write_coco(dataset: Dataset, path: PathLike) -> None:
         >>> tmp.cleanup()
     """
     text = json.dumps(to_coco_dict(dataset), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    _write_atomic(Path(path), text + "\n")
+    atomic_write(Path(path), text + "\n")
 
 
 def write_odgt(dataset: Dataset, path: PathLike) -> None:
@@ -834,7 +834,7 @@ def write_odgt(dataset: Dataset, path: PathLike) -> None:
         line = {"ID": file.stem, "file_name": file.name, "width": int(rec.width), "height": int(rec.height),
                 "gtboxes": gtboxes}
         lines.append(json.dumps(line, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n")
-    _write_atomic(Path(path), "".join(lines))
+    atomic_write(Path(path), "".join(lines))
 
 
 def _check_dataset(dataset: Dataset) -> None:
@@ -916,18 +916,3 @@ def _number(value: float) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a new file next to ``path``, then rename it over ``path``."""
-    data = text.encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() would give
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

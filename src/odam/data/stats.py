@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from odam._atomic import atomic_write
 from odam.data.dataset import Dataset
 
 #: Occlusion bins as in CrowdHuman's paper: bare, partial and heavy occlusion.
@@ -122,4 +123,4 @@ def write_block(path: Path, key: str, text: str) -> None:
         new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, old, flags=re.S)
     else:
         new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
-    path.write_text(new, encoding="utf-8")
+    atomic_write(path, new)  # a Ctrl-C never leaves the user's Markdown file cut
