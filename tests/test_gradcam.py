@@ -116,3 +116,79 @@ def test_model_is_borrowed_also_when_it_raises() -> None:
     assert model.training and all(m.training for m in model.modules())
     assert not model.head.classification_head.cls_logits.weight.requires_grad
     assert list(model.backbone._forward_hooks) == [handle.id]
+
+
+def _direct_gradcam_plus_plus(model: nn.Module, image: torch.Tensor, dets: odam.Detections) -> list[torch.Tensor]:
+    """Eq. 19 on each detection's FPN level from plain autograd on the whole model: the model's own output
+    (matched to ``dets`` by label and box, never by position), its score's gradient w.r.t. the FPN map (made a
+    leaf by a forward hook, so the backward pass stops there), and the pytorch-grad-cam formula written out.
+    Returns each map on its level's grid."""
+    kept: dict = {}
+
+    def keep(_m: nn.Module, _i: object, out: dict) -> dict:
+        kept.update((k, v.detach().requires_grad_(True)) for k, v in out.items())
+        return type(out)(kept)
+
+    handle = model.backbone.register_forward_hook(keep)
+    try:
+        out = model([image])[0]
+    finally:
+        handle.remove()
+    maps = []
+    for n in range(len(dets)):
+        dist = (out["boxes"] - dets.boxes[n]).abs().amax(1)
+        same = torch.where((out["labels"] == dets.labels[n]) & (dist < 1e-4 * (1 + dets.boxes[n].abs().max())))[0]
+        assert len(same) == 1, f"detection {n} matches {len(same)} of the model's own detections"
+        for v in kept.values():
+            v.grad = None
+        out["scores"][int(same[0])].backward(retain_graph=True)
+        level = list(kept.values())[int(dets.levels[n])]  # the FPN maps in order
+        a, g = level.detach(), level.grad
+        g2 = g * g
+        alpha = g2 / (2 * g2 + a.sum((-2, -1), keepdim=True) * g2 * g + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(g) * alpha).sum((-2, -1))  # [1, C]
+        maps.append(torch.relu(torch.einsum("bc,bchw->bhw", weights, a)))
+    return maps
+
+
+#: (family, model seed, image seed, image size, detector keywords): the issue-15 case (FCOS at 320 px, 15
+#: detections, detections on P3 to P6) and small images of FCOS and Faster R-CNN for several seeds.
+_ISSUE_FCOS = {"num_classes": 5, "min_size": 320, "max_size": 512, "score_thresh": 0.0, "detections_per_img": 15,
+               "topk_candidates": 100}
+_SMALL = {"num_classes": 3, "min_size": 128, "max_size": 160}
+DIRECT_CASES = [("fcos_resnet50_fpn", 0, 1, (300, 400), _ISSUE_FCOS)] + [
+    (name, seed, seed + 10, (96, 120), _SMALL | extra)
+    for name, extra in (("fcos_resnet50_fpn", {"score_thresh": 0.0, "detections_per_img": 15}),
+                        ("fasterrcnn_resnet50_fpn", {"box_score_thresh": 0.0, "box_detections_per_img": 15}))
+    for seed in (1, 2, 3)
+]
+
+
+@pytest.mark.parametrize(("name", "model_seed", "image_seed", "size", "kw"), DIRECT_CASES,
+                         ids=[f"{c[0].split('_')[0]}-seed{c[1]}-{c[3][0]}x{c[3][1]}" for c in DIRECT_CASES])
+def test_gradcam_plus_plus_equals_a_direct_autograd_computation(name: str, model_seed: int, image_seed: int,
+                                                                size: tuple[int, int], kw: dict) -> None:
+    """Every detection's Grad-CAM++ map equals Eq. 19 computed from the whole model by plain autograd.
+
+    Detections are matched to the model's own output by label and box: FCOS predicts one box per anchor for
+    every class, so two detections can share a box, and matching by box alone (or by position, where
+    near-tied scores may swap between two passes) pairs a map with another detection's reference."""
+    from torchvision.models import detection
+
+    torch.manual_seed(model_seed)
+    model = getattr(detection, name)(weights=None, weights_backbone=None, **kw).eval().double()
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(image_seed), dtype=torch.float64)
+    adapter = odam.wrap_detector(model)
+    dets = adapter.detect(image)
+    assert len(dets) == 15
+    ours = odam.GradCAMPlusPlus(adapter).explain(image, detections=dets).maps[:, 0]
+    trace = adapter.trace(image)
+    _, groups, group_of = trace.graph(dets)
+    direct = _direct_gradcam_plus_plus(model, image, dets)
+    for n in range(len(dets)):
+        group = groups[int(group_of[n])]
+        theirs = group.to_image(direct[n], group.rows[:1])[0].to(ours.dtype)
+        scale = float(theirs.abs().max())
+        torch.testing.assert_close(ours[n], theirs, rtol=0, atol=1e-4 * scale + 1e-30,
+                                   msg=lambda m, n=n: f"detection {n} (level {int(dets.levels[n])}): {m}")
