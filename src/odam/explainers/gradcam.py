@@ -9,7 +9,14 @@ Both weight each channel ``k`` of the explained feature map ``A`` by one number 
       alpha_kij = g_kij^2 / (2 g_kij^2 + sum_ab A_kab * g_kij^3 + eps),  alpha = 0 where g = 0
       w_k = sum_ij alpha_kij * ReLU(g_kij)
 
-  with ``eps = 1e-6``, as in the ``grad-cam`` package, which the tests match to 1e-5.
+  with ``eps = 1e-6``, as in the ``grad-cam`` package, which the tests match to 1e-5, and equal to Eq. 19
+  computed by plain autograd on the whole model (tests/test_gradcam.py).
+
+  Eq. 19 has a pole: where ``g * sum_ab A_kab < 0`` the denominator ``2 g^2 + sum_ab A_kab g^3 + eps`` can come
+  arbitrarily close to 0, and ``alpha`` there grows without bound. Near it the map is ill-conditioned: a
+  gradient that differs in its 8th digit (float32 rounding of the image, another summation order) moved one
+  Faster R-CNN map by 1% in the tests. Compare Grad-CAM++ maps of two computations in float64, or expect such
+  outliers.
 
 ODAM keeps ``g`` per pixel (and smooths it); pooling it to one number per channel is what makes these maps
 class-specific rather than instance-specific (paper Fig. 1a).
