@@ -54,7 +54,8 @@ class GradientExplainer:
             image: a float tensor ``[3, H, W]`` in [0, 1], a PIL image, an ``HxWx3`` uint8 array or a path.
             targets: attributes to explain, any of :data:`odam.TARGETS`.
             detections: what to explain; ``None`` explains everything ``detect`` returns. Passed detections
-                must come from this detector's ``detect`` on this image (they record where they came from).
+                must come from this detector's ``detect`` on this image (they record where they came from); others,
+                and non-finite boxes or scores, are refused with a ``ValueError``.
 
         Returns:
             An :class:`~odam.Explanation` with ``maps`` of shape ``[N, T, H, W]``.
