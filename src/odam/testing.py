@@ -387,10 +387,12 @@ def receptive_field_centres(features: Callable[[Tensor], Tensor], image: Tensor,
 
     Example:
         >>> from torch import nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1))
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 2, 1))
         >>> peaks, _ = receptive_field_centres(net, torch.rand(1, 3, 32, 32), torch.tensor([[3, 4]]), 4)
-        >>> [round(v) for v in peaks[0].tolist()]  # cell j of a "same"-padded stride-2 stack sits on j * stride
-        [12, 16]
+        >>> # cell (3, 4) of a "same"-padded stride-2 stack sits on (3, 4) * stride, to within a pixel or so
+        >>> [abs(v - c) < 1.5 for v, c in zip(peaks[0].tolist(), (12, 16))]
+        [True, True]
     """
     generator = torch.Generator().manual_seed(seed)
     x = image.detach().clone().requires_grad_(True)
