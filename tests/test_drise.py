@@ -114,13 +114,14 @@ def test_model_is_borrowed_also_when_it_raises() -> None:
     def fail(*_: object) -> None:
         raise RuntimeError("boom")
 
-    dets = odam.wrap_detector(model).detect(torch.rand(3, 64, 80))
+    image = torch.rand(3, 64, 80)
+    dets = odam.wrap_detector(model).detect(image)
     handle = model.head.register_forward_hook(lambda *a: None)
     model.backbone.body.conv1.weight.requires_grad_(False)
     drise = odam.DRISE(model, num_masks=2, progress=False)
     drise.detector._candidates = fail
     with pytest.raises(RuntimeError, match="boom"):
-        drise.explain(torch.rand(3, 64, 80), detections=dets)
+        drise.explain(image, detections=dets)
     assert model.training and not model.backbone.body.conv1.weight.requires_grad
     assert list(model.head._forward_hooks) == [handle.id]
 

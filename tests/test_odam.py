@@ -193,25 +193,26 @@ def test_explains_exactly_the_passed_detections(image: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("name", ["fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
 def test_detections_of_another_image_are_refused(name: str, image: torch.Tensor) -> None:
-    """Detections record a level and an index, not their image: the box the detector predicts there on the
-    explained image must be theirs, whatever the size of the other image."""
+    """Detections record the image they were made on (size and pixel sum); explaining them on another image, of
+    the same size or not, is one line. The same image in another form (a PIL image) is the same image."""
     model = build(name, detections=4)
-    explainer = odam.ODAM(model)
-    other = torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(7))
-    for source in (other, torch.rand(3, 64, 200, generator=torch.Generator().manual_seed(8))):
-        dets = odam.wrap_detector(model).detect(source)
-        with pytest.raises(ValueError, match=r"^detection \d+ does not come from this image: its box \[") as err:
-            explainer.explain(image, detections=dets)
-        assert "\n" not in str(err.value)
-    for cls in (odam.GradCAM, odam.GradCAMPlusPlus):
-        with pytest.raises(ValueError, match="does not come from this image"):
-            cls(model).explain(image, detections=dets)
-    own = odam.wrap_detector(model).detect(image)
-    moved = odam.Detections(own.boxes + torch.tensor([0.0, 0, 0, 1]), own.scores, own.labels, own.levels,
-                            own.indices)
-    with pytest.raises(ValueError, match="detection 0 does not come from this image"):
-        explainer.explain(image, detections=moved)
-    assert len(explainer.explain(image, detections=own)) == 4  # its own detections pass
+    adapter = odam.wrap_detector(model)
+    same_size = torch.rand(3, 96, 120, generator=torch.Generator().manual_seed(7))
+    other_size = torch.rand(3, 64, 200, generator=torch.Generator().manual_seed(8))
+    for source, what in ((same_size, "120x96, other pixels"), (other_size, "200x64")):
+        dets = adapter.detect(source)
+        assert dets.source[:2] == tuple(source.shape[-2:])
+        for explainer in (odam.ODAM(model), odam.GradCAM(model), odam.DRISE(model, num_masks=4)):
+            with pytest.raises(ValueError, match=rf"^the detections come from another image \({what}\) than the "
+                                                 r"one explained \(120x96\)") as err:
+                explainer.explain(image, detections=dets)
+            assert "\n" not in str(err.value)
+    own = adapter.detect(image)
+    pil = Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy())
+    assert len(odam.ODAM(model).explain(pil, detections=adapter.detect(pil))) == 4
+    assert len(odam.ODAM(model).explain(image, detections=own[[2, 0]])) == 2  # indexing keeps the source
+    by_hand = odam.Detections(own.boxes, own.scores, own.labels, own.levels, own.indices)
+    assert by_hand.source is None and len(odam.ODAM(model).explain(image, detections=by_hand)) == 4
 
 
 @pytest.mark.parametrize("what", ["boxes", "scores"])

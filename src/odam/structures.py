@@ -24,6 +24,9 @@ class Detections:
         levels: ``Tensor[N]`` int64, the feature level (FPN level index) that produced each detection.
         indices: ``Tensor[N]`` int64, where on that level it came from: the flat anchor/location
             index for one-stage detectors, or the RoI (proposal) index for two-stage detectors.
+        source: ``(height, width, checksum)`` of the image they were detected in (the checksum is the sum of its
+            pixel values as :func:`odam.load_image` returns them), set by the adapters; explainers refuse
+            detections whose source is another image. ``None`` for detections made by hand.
 
     Example:
         >>> import torch
@@ -37,6 +40,7 @@ class Detections:
     labels: Tensor
     levels: Tensor = field(default=None)  # type: ignore[assignment]
     indices: Tensor = field(default=None)  # type: ignore[assignment]
+    source: tuple[int, int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.boxes.ndim != 2 or self.boxes.shape[-1] != 4:
@@ -62,7 +66,7 @@ class Detections:
                 raise IndexError(f"index {item} out of range for {n} detections")
             item = slice(item % n, item % n + 1)
         return Detections(
-            self.boxes[item], self.scores[item], self.labels[item], self.levels[item], self.indices[item]
+            self.boxes[item], self.scores[item], self.labels[item], self.levels[item], self.indices[item], self.source
         )
 
     @property
@@ -71,10 +75,18 @@ class Detections:
         return bool((self.levels >= 0).all() and (self.indices >= 0).all())
 
     def to(self, device: torch.device | str) -> Detections:
-        return Detections(*(t.to(device) for t in self._tensors()))
+        return Detections(*(t.to(device) for t in self._tensors()), self.source)
 
     def detach(self) -> Detections:
-        return Detections(*(t.detach() for t in self._tensors()))
+        return Detections(*(t.detach() for t in self._tensors()), self.source)
+
+    def same_image(self, source: tuple[int, int, float]) -> bool:
+        """Whether these detections were made on the image whose :attr:`source` is ``source`` (always true for
+        detections without a source)."""
+        if self.source is None:
+            return True
+        (h, w, total), (h2, w2, total2) = self.source, source
+        return (h, w) == (h2, w2) and abs(total - total2) <= 1e-6 * max(abs(total), abs(total2), 1.0)
 
     def _tensors(self) -> tuple[Tensor, ...]:
         return (self.boxes, self.scores, self.labels, self.levels, self.indices)

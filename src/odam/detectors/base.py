@@ -11,7 +11,7 @@ import abc
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -276,6 +276,12 @@ class Candidates:
         return torch.where(ok, self.scores[:, :, label], torch.zeros_like(iou)).amax(1)
 
 
+def image_source(image: Tensor) -> tuple[int, int, float]:
+    """``(height, width, checksum)`` of an image as :func:`odam.load_image` returns it: what
+    :attr:`Detections.source` records, so that explainers can refuse detections of another image."""
+    return int(image.shape[-2]), int(image.shape[-1]), float(image.detach().double().sum())
+
+
 def _iou_with(boxes: Tensor, box: Tensor) -> Tensor:
     """Element-wise IoU of ``boxes`` (``Tensor[..., 4]``) with ``box`` (``Tensor[..., 4]``, broadcast)."""
     box = box.to(boxes)
@@ -331,13 +337,15 @@ class DetectorAdapter(abc.ABC):
             # the caller explains: the candidates, and so the kept ones, are the same in both traces.
             default = layer is None or (isinstance(layer, str) and layer == "fpn")
             basis = trace if default or self.nms.method != "odam-nms" else self._candidates_trace(image, None)
-            trace.detections = _suppress(basis, self.nms, detections=trace.detections)
+            trace.detections = replace(_suppress(basis, self.nms, detections=trace.detections),
+                                       source=trace.detections.source)
         return trace
 
     def _candidates_trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
         """:meth:`trace` before ``self.nms`` is applied: with it set, the detections are the candidates."""
         dtype = next(self.model.parameters()).dtype
         x = load_image(image)
+        source = image_source(x)
         if isinstance(image, Tensor) and image.dtype == torch.float64:
             # load_image checked it and returns float32; a float64 model sees the image it was given, not a
             # rounded copy (rounding to float32 moved a float64 Grad-CAM++ map by 1% near Eq. 19's pole).
@@ -345,7 +353,9 @@ class DetectorAdapter(abc.ABC):
         x = x.to(self.device, dtype if dtype.is_floating_point else torch.float32)
         with borrowed(self.model):
             self.model.eval()
-            return self._trace(x, layer)
+            trace = self._trace(x, layer)
+        trace.detections = replace(trace.detections, source=source)
+        return trace
 
     def embeddings(self, trace: Trace, detections: Detections) -> Tensor:
         """``Tensor[N, E]``: FeatureNMS's embedding of each detection (which must carry provenance), from the

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
-from odam.detectors.base import Candidates, _iou_with
+from odam.detectors.base import Candidates, _iou_with, image_source
 from odam.explainers.odam import check_detections
 from odam.structures import Detections, Explanation
 
@@ -96,7 +96,7 @@ class DRISE:
         if names != ("score",):
             raise ValueError(f"D-RISE explains whole detections: targets must be ('score',), got {names}")
         x = load_image(image).to(self.detector.device)
-        dets = self.detector.detect(x) if detections is None else check_detections(detections)
+        dets = self.detector.detect(x) if detections is None else check_detections(detections, image_source(x))
         dets = dets.to(self.detector.device).detach()
         H, W = x.shape[-2:]
         if len(dets) == 0:

@@ -71,24 +71,20 @@ class GradientExplainer:
         # Given detections need no suppression: their trace is the one before it (the same forward pass).
         trace = (self.detector.trace(image, self.layer) if detections is None
                  else self.detector._candidates_trace(image, self.layer))
-        dets = trace.detections if detections is None else check_detections(detections)
+        dets = trace.detections if detections is None else check_detections(detections, trace.detections.source)
         dets = dets.to(self.detector.device)
         H, W = trace.geometry.original
         maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
         if len(dets):
-            self._fill(trace, dets, names, explain_group, maps, given=detections is not None)
+            self._fill(trace, dets, names, explain_group, maps)
         return Explanation(dets.detach(), names, maps)
 
     def _fill(self, trace: Trace, dets: Detections, names: tuple[str, ...],
-              explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None], out: object,
-              given: bool = False) -> None:
-        """Compute every (detection, target) map of ``dets`` on ``trace`` into ``out[rows, j]``; ``given``
-        detections (the caller's) must be what the detector predicts on this image at their level and index."""
+              explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None], out: object) -> None:
+        """Compute every (detection, target) map of ``dets`` on ``trace`` into ``out[rows, j]``."""
         with borrowed(self.detector.model), torch.enable_grad():  # also inside a caller's torch.no_grad()
             self.detector.model.eval()
             y, groups, group_of = trace.graph(dets, frozen_norm=self.frozen_norm)
-            if given:
-                _check_same_image(y, dets)
             y = y[:, [TARGETS.index(n) for n in names]]
             for g, group in enumerate(groups):
                 members = torch.where(group_of == g)[0]
@@ -278,8 +274,9 @@ def gaussian_smooth(x: Tensor, sigma: Tensor) -> Tensor:
     return y.reshape(b, c, h, w)
 
 
-def check_detections(detections: object) -> Detections:
-    """Detections a caller passes to ``explain``: odam's type, with finite boxes and scores."""
+def check_detections(detections: object, source: tuple[int, int, float] | None = None) -> Detections:
+    """Detections a caller passes to ``explain``: odam's type, with finite boxes and scores, made on the image
+    whose :attr:`~odam.Detections.source` is ``source`` (when both are known)."""
     if not isinstance(detections, Detections):
         raise ValueError(f"detections must be odam.Detections, got {type(detections).__name__}")
     for name, noun in (("boxes", "box"), ("scores", "score")):
@@ -287,22 +284,12 @@ def check_detections(detections: object) -> Detections:
         if bad.any():
             k = int(torch.where(bad.reshape(len(detections), -1).any(1))[0][0])
             raise ValueError(f"detection {k} has a non-finite {noun}: {getattr(detections, name)[k].tolist()}")
+    if source is not None and not detections.same_image(source):
+        h, w, _ = detections.source
+        raise ValueError(f"the detections come from another image ({w}x{h}"
+                         f"{', other pixels' if (h, w) == source[:2] else ''}) than the one explained "
+                         f"({source[1]}x{source[0]}); pass detections from detect() on the same image")
     return detections
-
-
-def _check_same_image(y: Tensor, dets: Detections) -> None:
-    """The boxes the detector predicts at ``dets``' levels and indices (signed edges ``y[:, 1:]``, original
-    pixels) must be ``dets.boxes``: detections of another image, or edited ones, are refused."""
-    predicted = y[:, 1:].detach() * y.new_tensor([-1.0, -1.0, 1.0, 1.0])
-    boxes = dets.boxes.to(predicted)
-    off = (predicted - boxes).abs().amax(1)
-    bad = off > 1e-2 + 1e-3 * boxes.abs().amax(1)
-    if bad.any():
-        k = int(torch.where(bad)[0][0])
-        raise ValueError(
-            f"detection {k} does not come from this image: its box {[round(v, 2) for v in boxes[k].tolist()]} is "
-            f"not the one the detector predicts at its level and index here "
-            f"({[round(v, 2) for v in predicted[k].tolist()]}); pass detections from detect() on the same image")
 
 
 def _check_targets(targets: Sequence[str], supported: Sequence[str]) -> tuple[str, ...]:
