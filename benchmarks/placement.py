@@ -23,22 +23,9 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.cases, for the tiny DETR
 
-from odam.testing import receptive_field_centres  # noqa: E402
+from odam.testing import module_output, receptive_field_centres  # noqa: E402
 
 Measure = tuple[str, int, Callable[[Tensor], Tensor], float]  # level, stride, input -> map, placed centre
-
-
-def _hooked(model: nn.Module, module: nn.Module, run: Callable[[Tensor], object]) -> Callable[[Tensor], Tensor]:
-    def features(x: Tensor) -> Tensor:
-        out: list = []
-        handle = module.register_forward_hook(lambda _m, _i, o: out.append(o))
-        try:
-            run(x)
-        finally:
-            handle.remove()
-        return out[0]
-
-    return features
 
 
 def torchvision_levels(name: str, model: nn.Module, size: int) -> list[Measure]:
@@ -52,7 +39,7 @@ def torchvision_levels(name: str, model: nn.Module, size: int) -> list[Measure]:
            for k, f in feats.items()]
     body = model.backbone.body
     inner = body.layer3 if hasattr(body, "layer3") else body.c4
-    out.append((f"{name} body stride-16 stage", 16, _hooked(model, inner, body), 0.0))
+    out.append((f"{name} body stride-16 stage", 16, module_output(inner, body), 0.0))
     return out
 
 
@@ -107,7 +94,7 @@ def families(which: str) -> list[tuple[str, int, list[Measure]]]:
             levels = []
             for k, f in enumerate(head.f):
                 s = int(model.stride[k])
-                levels.append((f"{yaml} neck P{k + 3} (model.{f})", s, _hooked(model, model.model[f], model),
+                levels.append((f"{yaml} neck P{k + 3} (model.{f})", s, module_output(model.model[f], model),
                                centres[k]))
             found.append((f"{yaml} (random)", 320, levels))
     return found

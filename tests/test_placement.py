@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import build
-from torch import Tensor, nn
+from torch import Tensor
 
 import odam
-from odam.testing import receptive_field_centres
+from odam.testing import module_output, receptive_field_centres
 
 
 def _measured(features, size: tuple[int, int], stride: int) -> Tensor:  # noqa: ANN001
@@ -54,19 +54,6 @@ def _check(measured: Tensor, centre: tuple, stride: float, fpn_mix: bool) -> Non
         assert old >= error + 1.0, f"stride {stride}: the old convention is only {old:.2f} cells off"
 
 
-def _hook(model: nn.Module, module: nn.Module, run):  # noqa: ANN001, ANN202
-    def features(x: Tensor) -> Tensor:
-        out: list = []
-        handle = module.register_forward_hook(lambda _m, _i, o: out.append(o))
-        try:
-            run(x)
-        finally:
-            handle.remove()
-        return out[0]
-
-    return features
-
-
 @pytest.mark.parametrize("name", ["random", "trained"])
 def test_torchvision_fpn_levels_and_body(name: str) -> None:
     size = (256, 256)
@@ -89,7 +76,7 @@ def test_torchvision_fpn_levels_and_body(name: str) -> None:
     stage = body.layer3 if hasattr(body, "layer3") else body.c4
     layer = "backbone.body.layer3" if hasattr(body, "layer3") else "backbone.body.c4"
     (stride, centre), = _placed(adapter, size, layer).items()
-    _check(_measured(_hook(model, stage, body), size, int(stride)), centre, stride, fpn_mix=False)
+    _check(_measured(module_output(stage, body), size, int(stride)), centre, stride, fpn_mix=False)
 
 
 def test_yolo_necks() -> None:
@@ -107,7 +94,7 @@ def test_yolo_necks() -> None:
         stride = float(model.stride[k])
         if stride not in placed:
             continue
-        measured = _measured(_hook(model, model.model[f], model), (320, 320), int(stride))
+        measured = _measured(module_output(model.model[f], model), (320, 320), int(stride))
         _check(measured, placed[stride], stride, fpn_mix=False)
 
 

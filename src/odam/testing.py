@@ -362,6 +362,22 @@ def check_adapter(case: Case) -> None:
             raise AssertionError(f"{case.id}: {check.__name__}: {err}") from None
 
 
+def module_output(module: nn.Module, run: Callable[[Tensor], object]) -> Callable[[Tensor], Tensor]:
+    """The ``features`` argument of :func:`receptive_field_centres` for an inner module: a function from the model
+    input to ``module``'s output while ``run`` (e.g. the model, or its body) runs on that input."""
+
+    def features(x: Tensor) -> Tensor:
+        out: list = []
+        handle = module.register_forward_hook(lambda _m, _i, o: out.append(o))
+        try:
+            run(x)
+        finally:
+            handle.remove()
+        return out[0]
+
+    return features
+
+
 def receptive_field_centres(features: Callable[[Tensor], Tensor], image: Tensor, cells: Tensor, stride: int,
                             draws: int = 4, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Where a network centres cells of a feature map: the peak and the centroid of each cell's *effective
