@@ -80,7 +80,9 @@ def test_torchvision_fpn_levels_and_body(name: str) -> None:
 
 
 def test_yolo_necks() -> None:
-    pytest.importorskip("ultralytics")
+    from odam.detectors.yolo import import_ultralytics
+
+    import_ultralytics()  # offline, with a private settings dir: never pytest.importorskip
     from tests.cases.yolo import build_yolo11
 
     from odam.detectors.yolo import YoloAdapter
