@@ -205,17 +205,6 @@ DETECTION_ERRORS = [  # (one JSON line, problem): the reader's own ValueError na
 ]
 
 
-@pytest.mark.parametrize(("text", "problem"), DETECTION_ERRORS, ids=[p[:30] for _, p in DETECTION_ERRORS])
-def test_detection_reader_errors(tmp_path, text: str, problem: str) -> None:
-    path = tmp_path / "dets.jsonl"
-    path.write_text(text + "\n")
-    with pytest.raises(ValueError) as info:
-        read_detections(path)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{path}: line ")
-    assert re.search(problem, message), message
-
-
 GROUND_TRUTH_ERRORS = [  # (one JSON line, problem)
     ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, NaN, 1, 1]}]}', r"gtboxes\[0\]: fbox .* not finite"),
     ('{"ID": "a", "gtboxes": [{"tag": "person", "fbox": [0, 1e300, 1, 1]}]}', "does not fit float32"),
@@ -229,12 +218,18 @@ GROUND_TRUTH_ERRORS = [  # (one JSON line, problem)
 ]
 
 
-@pytest.mark.parametrize(("text", "problem"), GROUND_TRUTH_ERRORS, ids=[p[:30] for _, p in GROUND_TRUTH_ERRORS])
-def test_ground_truth_reader_errors(tmp_path, text: str, problem: str) -> None:
-    path = tmp_path / "gt.odgt"
+READER_ERRORS = ([(read_detections, "dets.jsonl", text, problem) for text, problem in DETECTION_ERRORS]
+                 + [(read_ground_truth, "gt.odgt", text, problem) for text, problem in GROUND_TRUTH_ERRORS])
+
+
+@pytest.mark.parametrize(("reader", "name", "text", "problem"), READER_ERRORS,
+                         ids=[f"{n.split('.')[0]}-{p[:30]}" for _, n, _, p in READER_ERRORS])
+def test_reader_errors(tmp_path, reader, name: str, text: str, problem: str) -> None:  # noqa: ANN001
+    """Each bad line of a CrowdDet detections or ground-truth file is the reader's one-line error naming it."""
+    path = tmp_path / name
     path.write_text(text + "\n")
     with pytest.raises(ValueError) as info:
-        read_ground_truth(path)
+        reader(path)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{path}: line ")
     assert re.search(problem, message), message

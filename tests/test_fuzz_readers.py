@@ -284,20 +284,26 @@ def detection_lines(draw: st.DrawFn) -> list[dict]:
                                      for _ in range(draw(st.integers(0, 3)))]} for stem in ("a", "b", "a")]
 
 
+def _read_lines(reader, path: Path, lines: object) -> dict | None:  # noqa: ANN001
+    """Write a CrowdDet JSON-lines document and read it: the result, or ``None`` when the reader refused it with
+    its one-line error naming the file and line."""
+    path.write_text("\n".join(dumps(line) for line in lines) + "\n" if isinstance(lines, list) else dumps(lines))
+    try:
+        result = reader(path)
+    except ValueError as err:
+        one_line(err, f"{path}: ", r"line \d+: \S")
+        event("refused")
+        return None
+    event("read")
+    return result
+
+
 @fuzz(300)
 @given(st.data())
 def test_detection_reader(folder: Path, data: st.DataObject) -> None:
     lines = mutate(data, data.draw(detection_lines(), label="lines"), ["ID", "dtboxes", "box", "score", "tag"])
-    path = folder / "dets.jsonl"
-    path.write_text("\n".join(dumps(line) for line in lines) + "\n" if isinstance(lines, list) else dumps(lines))
-    try:
-        dets = read_detections(path)
-    except ValueError as err:
-        one_line(err, f"{path}: ", r"line \d+: \S")
-        event("refused")
-        return
-    event("read")
-    for d in dets.values():
+    dets = _read_lines(read_detections, folder / "dets.jsonl", lines)
+    for d in (dets or {}).values():
         assert d.boxes.shape == (len(d.scores), 4) and np.isfinite(d.boxes).all() and np.isfinite(d.scores).all()
         assert (np.abs(d.boxes) < np.finfo(np.float32).max).all()
 
@@ -306,16 +312,8 @@ def test_detection_reader(folder: Path, data: st.DataObject) -> None:
 @given(st.data())
 def test_ground_truth_reader(folder: Path, data: st.DataObject) -> None:
     lines = mutate(data, data.draw(odgt_lines(), label="lines"), ODGT_KEYS)
-    path = folder / "gt.odgt"
-    path.write_text("\n".join(dumps(line) for line in lines) + "\n" if isinstance(lines, list) else dumps(lines))
-    try:
-        gt = read_ground_truth(path)
-    except ValueError as err:
-        one_line(err, f"{path}: ", r"line \d+: \S")
-        event("refused")
-        return
-    event("read")
-    for g in gt.values():
+    gt = _read_lines(read_ground_truth, folder / "gt.odgt", lines)
+    for g in (gt or {}).values():
         assert g.boxes.shape == (len(g.ignore), 4) and np.isfinite(g.boxes).all()
 
 
