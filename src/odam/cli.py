@@ -27,8 +27,8 @@ import odam
 from odam._atomic import atomic_path, atomic_write
 from odam._image import MAX_PIXELS
 from odam.detectors.base import LayerError
-from odam.explainers.odam import _check_targets
 from odam.models import BUNDLED, configure
+from odam.structures import check_targets
 from odam.viz import save_panel
 
 EXIT_ERROR = 2
@@ -716,7 +716,7 @@ def _pixels(text: str) -> int:
 
 
 def _parse_targets(text: str) -> tuple[str, ...]:
-    return _check_targets([t.strip() for t in text.split(",")], odam.TARGETS)
+    return check_targets([t.strip() for t in text.split(",")], odam.TARGETS)
 
 
 def _device(name: str | None) -> torch.device:

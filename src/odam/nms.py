@@ -31,13 +31,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 from torchvision.ops import nms as _torchvision_nms
 
-#: Short edge, in cells, to which heat maps are averaged before they are compared (paper Sec. 3.3).
-SHORT_EDGE = 50
+from odam.heatmaps import SHORT_EDGE, correlation, heatmap_vectors, unit_vectors
+
+__all__ = ["METHODS", "SHORT_EDGE", "SOFT_METHODS", "Suppression", "batched_odam_nms", "correlation", "feature_nms",
+           "heatmap_vectors", "nms", "odam_nms", "soft_nms"]
+
 _BLOCK = 64
 SOFT_METHODS = ("gaussian", "linear")
 #: What can replace a detector's own NMS (``odam.load_detector(..., nms=...)``, ``odam explain --nms``).
@@ -113,48 +115,6 @@ class Suppression:
         return cls(method=_ALIASES.get(key.replace("-", ""), key), **settings)
 
 
-def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:
-    """Heat maps ``Tensor[N, H, W]`` block-averaged to a short edge of ``short_edge`` cells and flattened:
-    ``Tensor[N, h * w]``, what :func:`odam_nms` compares.
-
-    Example:
-        >>> heatmap_vectors(torch.rand(3, 100, 150)).shape
-        torch.Size([3, 3750])
-    """
-    if maps.ndim != 3:
-        raise ValueError(f"expected maps of shape [N, H, W], got {tuple(maps.shape)}")
-    if isinstance(short_edge, bool) or not isinstance(short_edge, int) or short_edge < 1:
-        raise ValueError(f"short_edge must be a positive int, got {short_edge!r}")
-    h, w = maps.shape[-2:]
-    scale = short_edge / min(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.adaptive_avg_pool2d(maps[:, None].float(), size).flatten(1)
-
-
-def correlation(vectors: Tensor, centred: bool = True) -> Tensor:
-    """Pairwise normalised (Pearson) correlation ``Tensor[N, N]`` of heat-map vectors ``Tensor[N, D]``;
-    ``centred=False`` gives the plain cosine instead.
-
-    A constant vector correlates 0 with everything, itself included (for the cosine: an all-zero vector).
-
-    Example:
-        >>> correlation(torch.tensor([[1.0, 0, 0, 1], [3.0, 1, 1, 3], [0.0, 1, 1, 0], [2.0, 2, 2, 2]])).tolist()
-        [[1.0, 1.0, -1.0, 0.0], [1.0, 1.0, -1.0, 0.0], [-1.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
-    """
-    unit = _unit(vectors, centred)
-    return (unit @ unit.T).clamp(-1, 1)
-
-
-def _unit(vectors: Tensor, centred: bool = True) -> Tensor:
-    x = vectors.float()
-    if not centred:
-        return F.normalize(x, dim=1)
-    centred_x = x - x.mean(1, keepdim=True)
-    norm = centred_x.norm(dim=1, keepdim=True)
-    flat = norm <= 1e-6 * x.abs().amax(1, keepdim=True).clamp_min(1e-30)  # constant up to rounding
-    return torch.where(flat, torch.zeros_like(centred_x), centred_x / norm.clamp_min(1e-30))
-
-
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
     """Classical NMS: drop a box whose IoU with a kept, higher-scoring box is > ``iou_threshold``.
 
@@ -222,7 +182,7 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     _check(boxes, scores)
     if vectors.ndim != 2 or len(vectors) != len(boxes):
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
-    unit = _unit(vectors.to(boxes.device), centred)
+    unit = unit_vectors(vectors.to(boxes.device), centred)
     b = boxes.float()
 
     def duplicate(rows: Tensor, cols: Tensor) -> Tensor:

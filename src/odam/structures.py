@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -130,6 +131,32 @@ class Explanation:
     def combined(self) -> Tensor:
         """``Tensor[N, H, W]``: element-wise max over the per-target maps, each min-max normalised to [0, 1]."""
         return normalize_maps(self.maps).amax(dim=1)
+
+
+def check_targets(targets: str | Sequence[str], supported: Sequence[str] = TARGETS) -> tuple[str, ...]:
+    """``targets`` as a tuple of attribute names, after checking each is in ``supported``, none repeats and
+    there is at least one.
+
+    Example:
+        >>> check_targets("score"), check_targets(["left", "top"])
+        (('score',), ('left', 'top'))
+        >>> check_targets(["width"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown target 'width'; choose from score, left, top, right, bottom
+    """
+    if isinstance(targets, str):
+        targets = (targets,)
+    names = tuple(targets)
+    if not names:
+        raise ValueError("targets must name at least one attribute")
+    bad = [n for n in names if n not in supported]
+    if bad:
+        raise ValueError(f"unknown target {bad[0]!r}; choose from {', '.join(supported)}")
+    repeated = [n for i, n in enumerate(names) if n in names[:i]]
+    if repeated:
+        raise ValueError(f"repeated target {repeated[0]!r} in {','.join(names)}")
+    return names
 
 
 def normalize_maps(maps: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from odam.detectors import DetectorAdapter, wrap_detector
 from odam.detectors.base import FeatureGroup, Trace, borrowed
-from odam.structures import TARGETS, Detections, Explanation
+from odam.structures import TARGETS, Detections, Explanation, check_targets
 
 #: ``smoothing="adaptive"``: sigma = max(MIN_SIGMA, ADAPTIVE_RATIO * sqrt(box_w * box_h)), box size in cells
 #: of the explained feature map. A 100x250-pixel person on FPN level P3 (stride 8) gets sigma = 2.5 cells.
@@ -65,7 +65,7 @@ class GradientExplainer:
     def _explain(self, image: object, targets: Sequence[str], detections: Detections | None,
                  explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None]) -> Explanation:
         """Trace, select and build the graph; ``explain_group(y, group, members, boxes, out)`` fills the maps."""
-        names = _check_targets(targets, self.detector.targets)
+        names = check_targets(targets, self.detector.targets)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(f"{type(self).__name__} needs gradients: call explain() outside torch.inference_mode()")
         # Given detections need no suppression: their trace is the one before it (the same forward pass).
@@ -290,19 +290,3 @@ def check_detections(detections: object, source: tuple[int, int, float] | None =
                          f"{', other pixels' if (h, w) == source[:2] else ''}) than the one explained "
                          f"({source[1]}x{source[0]}); pass detections from detect() on the same image")
     return detections
-
-
-def _check_targets(targets: Sequence[str], supported: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(targets, str):
-        targets = (targets,)
-    names = tuple(targets)
-    if not names:
-        raise ValueError("targets must name at least one attribute")
-    bad = [n for n in names if n not in supported]
-    if bad:
-        raise ValueError(f"unknown target {bad[0]!r}; choose from {', '.join(supported)}")
-    repeated = [n for i, n in enumerate(names) if n in names[:i]]
-    if repeated:
-        raise ValueError(f"repeated target {repeated[0]!r} in {','.join(names)}")
-    return names
-

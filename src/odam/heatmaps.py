@@ -1,0 +1,89 @@
+"""Heat maps as vectors, and their correlation: the one comparison Odam-NMS decides on and the correlation study
+(``odam evaluate correlation``) measures.
+
+A map is block-averaged to a short edge of ``short_edge`` cells and flattened (:func:`heatmap_vectors`, paper
+Sec. 3.3). Two vectors are compared by Pearson's correlation, the cosine of the mean-centred vectors (the paper's
+"normalized correlation"), or by the plain cosine (:func:`correlation`). ODAM maps are non-negative, so the plain
+cosine of two maps of neighbouring people is pulled up by their shared support and background level; centring
+removes that (docs/RESULTS.md, "Heat-map correlation").
+
+A constant vector has no Pearson correlation (for the cosine: an all-zero vector has none). :func:`correlation`
+scores it 0 against everything, no evidence either way, which is what Odam-NMS needs; :func:`undefined` says which
+vectors these are, so that a study can leave their pairs out instead.
+
+This module imports nothing of odam: explainers, NMS and the evaluation runners all build on it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Short edge, in cells, to which heat maps are averaged before they are compared (paper Sec. 3.3).
+SHORT_EDGE = 50
+
+
+def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:
+    """Heat maps ``Tensor[N, H, W]`` block-averaged to a short edge of ``short_edge`` cells and flattened:
+    ``Tensor[N, h * w]`` float32, what :func:`odam.nms.odam_nms` compares.
+
+    Example:
+        >>> heatmap_vectors(torch.rand(3, 100, 150)).shape
+        torch.Size([3, 3750])
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"expected maps of shape [N, H, W], got {tuple(maps.shape)}")
+    if isinstance(short_edge, bool) or not isinstance(short_edge, int) or short_edge < 1:
+        raise ValueError(f"short_edge must be a positive int, got {short_edge!r}")
+    h, w = maps.shape[-2:]
+    scale = short_edge / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.adaptive_avg_pool2d(maps[:, None].float(), size).flatten(1)
+
+
+def unit_vectors(vectors: Tensor, centred: bool = True) -> Tensor:
+    """``Tensor[N, D]`` float32: each vector mean-centred (``centred=True``) and scaled to unit length, so that
+    ``unit_vectors(a) @ unit_vectors(b).T`` is :func:`correlation`; vectors in :func:`undefined` become zero.
+
+    Example:
+        >>> unit_vectors(torch.tensor([[1.0, 3.0], [2.0, 2.0]])).tolist()
+        [[-0.7071067690849304, 0.7071067690849304], [0.0, 0.0]]
+    """
+    if vectors.ndim != 2:
+        raise ValueError(f"expected vectors of shape [N, D], got {tuple(vectors.shape)}")
+    x = vectors.float()
+    if not centred:
+        return F.normalize(x, dim=1)
+    centred_x = x - x.mean(1, keepdim=True)
+    norm = centred_x.norm(dim=1, keepdim=True)
+    return torch.where(undefined(x)[:, None], torch.zeros_like(centred_x), centred_x / norm.clamp_min(1e-30))
+
+
+def undefined(vectors: Tensor, centred: bool = True) -> Tensor:
+    """``Tensor[N]`` bool: the vectors whose correlation is undefined, constant up to float32 rounding
+    (``centred=True``) or all zero (``centred=False``).
+
+    Example:
+        >>> undefined(torch.tensor([[1.0, 3.0], [2.0, 2.0], [0.0, 0.0]])).tolist()
+        [False, True, True]
+    """
+    x = vectors.float()
+    if not centred:
+        return x.norm(dim=1) == 0
+    norm = (x - x.mean(1, keepdim=True)).norm(dim=1)
+    return norm <= 1e-6 * x.abs().amax(1).clamp_min(1e-30)
+
+
+def correlation(vectors: Tensor, centred: bool = True) -> Tensor:
+    """Pairwise normalised (Pearson) correlation ``Tensor[N, N]`` of heat-map vectors ``Tensor[N, D]``;
+    ``centred=False`` gives the plain cosine instead.
+
+    A vector in :func:`undefined` correlates 0 with everything, itself included.
+
+    Example:
+        >>> correlation(torch.tensor([[1.0, 0, 0, 1], [3.0, 1, 1, 3], [0.0, 1, 1, 0], [2.0, 2, 2, 2]])).tolist()
+        [[1.0, 1.0, -1.0, 0.0], [1.0, 1.0, -1.0, 0.0], [-1.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    unit = unit_vectors(vectors, centred)
+    return (unit @ unit.T).clamp(-1, 1)
