@@ -25,7 +25,7 @@ import torch
 import torchvision
 
 import odam
-from odam.data.io import read_dataset
+from odam.data import read_dataset
 from odam.data.stats import write_block
 from odam.nms import Suppression, odam_nms
 

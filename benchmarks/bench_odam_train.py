@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from odam.data.io import read_dataset
+from odam.data import read_dataset
 from odam.data.stats import write_block
 from odam.losses import odam_train_loss
 from odam.models import bundled_path, load_checkpoint

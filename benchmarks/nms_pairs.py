@@ -20,7 +20,7 @@ import torch
 from torchvision.ops import box_iou
 
 import odam
-from odam.data.io import read_dataset
+from odam.data import read_dataset
 from odam.data.stats import write_block
 from odam.explainers.odam import ODAM
 from odam.nms import Suppression, correlation

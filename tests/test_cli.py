@@ -249,13 +249,13 @@ def test_ctrl_c_is_one_line_and_exit_130(argv: list[str], capsys: pytest.Capture
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Each command, interrupted once it has started (a real Ctrl-C during explain: test_resume)."""
     import odam.cli
-    import odam.data.io
+    import odam.data
     import odam.data.synthcrowd
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    for module, name in ((odam.cli, "_device"), (odam.data.synthcrowd, "generate"), (odam.data.io, "read_dataset")):
+    for module, name in ((odam.cli, "_device"), (odam.data.synthcrowd, "generate"), (odam.data, "read_dataset")):
         monkeypatch.setattr(module, name, interrupted)
     assert main(argv) == 130
     out, err = capsys.readouterr()

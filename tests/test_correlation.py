@@ -64,7 +64,7 @@ def test_run_writes_per_image_rows_resumes_and_refuses_other_settings(tmp_path, 
     first = run(config, out, progress=False)
     assert first["images"] == 2 and first["same_pairs"] > 0
     # the explained predictions are taken before NMS: more of them than the detector returns
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
 
     detector = odam.load_detector("synthcrowd-fasterrcnn")
     after_nms = np.mean([len(detector.detect(odam.load_image(r.file))) for r in read_dataset(data).images[:2]])

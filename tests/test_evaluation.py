@@ -160,7 +160,7 @@ def test_compare_oracle_is_the_share_of_the_visible_mask_inside_other_boxes(tmp_
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.data.synthcrowd import generate
     from odam.evaluation.report import oracle_odi
 

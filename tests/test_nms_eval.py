@@ -10,7 +10,7 @@ import torch
 
 import odam
 from odam.cli import main
-from odam.data.io import read_dataset
+from odam.data import read_dataset
 from odam.data.synthcrowd import generate
 from odam.evaluation.nms import NmsConfig, detections, run
 from odam.metrics.crowd import DetectionSet, GroundTruth, crowd_metrics

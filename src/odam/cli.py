@@ -268,7 +268,7 @@ def _evaluate_parser(sub: Any) -> None:
 
 
 def _evaluate_detector(args: argparse.Namespace) -> int:
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.data.stats import write_block
     from odam.models import bundled_path, load_checkpoint
     from odam.train.evaluate import coco_metrics, error_breakdown, evaluate_coco, oracle_results
@@ -546,7 +546,7 @@ def _synthcrowd(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.data.stats import crowd_statistics, markdown, write_block
 
     rows = [crowd_statistics(read_dataset(d), name=str(d)) for d in args.datasets]

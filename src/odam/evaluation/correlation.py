@@ -120,7 +120,7 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
     """Measure the correlations over the first ``max_images`` images of ``config.data``; returns the summary,
     also written to ``out/summary.json`` and ``out/summary.md``."""
     import odam
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.models import configure
 
     config.check()

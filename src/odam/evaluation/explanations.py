@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 import odam
 from odam._atomic import atomic_write
+from odam.data import read_dataset
 from odam.data.dataset import Dataset, ImageRecord
-from odam.data.io import read_dataset
 from odam.detectors import DetectorAdapter
 from odam.evaluation.journal import append_rows, complete_lines, has_records
 from odam.metrics import (

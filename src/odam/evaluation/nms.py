@@ -94,7 +94,7 @@ class NmsConfig:
 def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", progress: bool = True) -> dict:
     """Evaluate ``config`` over its dataset; returns the summary, also written to ``out/summary.json``."""
     import odam
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.detectors.base import _kept
     from odam.explainers.odam import ODAM
 

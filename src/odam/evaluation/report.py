@@ -155,7 +155,7 @@ def compare(runs: list[Path], method: str = "odam", oracle: bool = False) -> str
 def oracle_odi(run: Path, method: str, data: str) -> dict[str, Any]:
     """Mean ODI (box and mask, %) of each object's own visible mask used as its map, over the objects that
     ``method`` explained in ``run``; objects without a visible mask are left out."""
-    from odam.data.io import read_dataset
+    from odam.data import read_dataset
     from odam.evaluation.explanations import _clipped, _masks
     from odam.metrics import object_discrimination_index
 

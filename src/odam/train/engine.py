@@ -44,8 +44,8 @@ from tqdm import tqdm
 from odam._atomic import atomic_path, atomic_write
 from odam._image import load_image
 from odam.architectures import ARCHITECTURES, BACKBONES
+from odam.data import read_dataset
 from odam.data.dataset import Dataset, DatasetError, ImageRecord
-from odam.data.io import read_dataset
 from odam.losses import NEGATIVES
 from odam.models import create_model, save_checkpoint
 

@@ -21,7 +21,7 @@ def ground_truth(dataset: Dataset) -> COCO:
     ``annotations.json``, so pycocotools run on that file gives the same numbers. Its ``bbox`` is the full box
     clipped to the image (detectors predict inside it) and its ignored objects are ``iscrowd`` regions, which
     COCOeval neither rewards nor penalises."""
-    from odam.data.io import to_coco_dict
+    from odam.data import to_coco_dict
 
     coco = COCO()
     coco.dataset = to_coco_dict(dataset)
