@@ -302,6 +302,8 @@ class DetectorAdapter(abc.ABC):
 
     #: Attribute names this adapter can explain.
     targets: tuple[str, ...] = TARGETS
+    #: ``layer=`` names this adapter understands besides the model's module names (``"fpn"``, ``"roi"``...).
+    named_layers: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
                  nms: str | Suppression | None = None) -> None:
@@ -311,6 +313,22 @@ class DetectorAdapter(abc.ABC):
         self.categories = None if categories is None else tuple(categories)
         #: what replaces the detector's own NMS (see :class:`odam.nms.Suppression`); ``None`` keeps the model's.
         self.nms = None if nms is None else Suppression.parse(nms)
+
+    def check_layer(self, layer: str | nn.Module | None) -> None:
+        """Raise :class:`LayerError` for a ``layer`` this adapter cannot explain, without running the model: one
+        that is neither ``None``, one of :attr:`named_layers` nor a module of the model.
+
+        Example:
+            >>> import torchvision, odam
+            >>> model = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None)
+            >>> odam.wrap_detector(model).check_layer("backbone.body.layer5")
+            Traceback (most recent call last):
+            ...
+            odam.detectors.base.LayerError: model has no module named 'backbone.body.layer5'
+        """
+        if layer is None or (isinstance(layer, str) and layer in self.named_layers):
+            return
+        resolve_layer(self.model, layer)
 
     @property
     def device(self) -> torch.device:

@@ -140,6 +140,8 @@ class DetrAdapter(DetectorAdapter):
         ((4, 2, 48, 64), ('LABEL_0', 'LABEL_1'))
     """
 
+    named_layers = ("encoder",)
+
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
                  nms: str | Suppression | None = None, *, threshold: float = THRESHOLD,
                  shortest_edge: int | None = None, longest_edge: int | None = None,

@@ -297,6 +297,8 @@ class RetinaFaceAdapter(DetectorAdapter):
             ``"probability"`` (what ``detect`` reports).
     """
 
+    named_layers = ("fpn", "ssh")
+
     def __init__(self, model: RetinaFace, categories: tuple[str, ...] | None = None,
                  nms: str | Suppression | None = None, score: str = "logit") -> None:
         if score not in SCORES:

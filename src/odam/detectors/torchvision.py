@@ -179,6 +179,8 @@ def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, 
 class OneStageAdapter(DetectorAdapter):
     """FCOS and RetinaNet (and their ``_v2`` variants)."""
 
+    named_layers = ("fpn",)
+
     def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None,
                  nms: str | Suppression | None = None) -> None:
         super().__init__(model, categories, nms)
@@ -555,6 +557,8 @@ class TwoStageAdapter(DetectorAdapter):
     ``layer=None`` (or ``"fpn"``) explains each detection on the FPN level its RoI was pooled from;
     ``layer="roi"`` explains it on its own RoI-pooled features.
     """
+
+    named_layers = ("fpn", "roi")
 
     @property
     def score_threshold(self) -> float:
