@@ -31,7 +31,7 @@ from odam.data import (
     write_coco,
     write_odgt,
 )
-from odam.data.io import MAX_OUTSIDE
+from odam.data.checks import MAX_OUTSIDE
 
 NAN = math.nan
 SIZES = {"a.png": (32, 24), "b.png": (40, 30), "c.png": (20, 16)}  # file: (width, height)

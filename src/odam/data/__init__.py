@@ -6,8 +6,10 @@ COCO json and CrowdHuman odgt are read with :func:`read_coco`, :func:`read_odgt`
 :class:`DatasetError` with a one-line message naming the file, the place and the problem.
 """
 
+from odam.data.coco import read_coco, to_coco_dict, write_coco
 from odam.data.dataset import RLE, Dataset, DatasetError, ImageRecord
-from odam.data.io import read_coco, read_dataset, read_odgt, to_coco_dict, write_coco, write_odgt
+from odam.data.formats import read_dataset
+from odam.data.odgt import read_odgt, write_odgt
 
 __all__ = [
     "RLE",

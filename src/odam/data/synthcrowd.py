@@ -420,7 +420,7 @@ def generate(
         >>> len(data), data.categories
         (2, ('person',))
     """
-    from odam.data.io import write_coco, write_odgt
+    from odam.data import write_coco, write_odgt
 
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
