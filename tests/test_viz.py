@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import odam.viz
+import odam.viz.overlays
 from odam._image import to_uint8
 from odam.structures import TARGETS, Detections, Explanation
 from odam.viz import overlay, panel, save_overlay, save_panel
@@ -239,7 +239,7 @@ def test_save_panel_follows_the_image_aspect(tmp_path):
 
 
 def test_viz_does_not_import_pyplot():
-    src = str(Path(odam.viz.__file__).parents[1])
+    src = str(Path(odam.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     code = "import sys, odam.viz; assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
@@ -261,19 +261,19 @@ def traced_peak(fn) -> int:
 
 
 def test_overlay_blends_in_bands_not_in_float64_at_full_resolution(monkeypatch):
-    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 1024, raising=False)
+    monkeypatch.setattr(odam.viz.overlays, "_CHUNK_PIXELS", 1024, raising=False)
     torch.manual_seed(3)
     img, heat = torch.rand(3, 500, 600), torch.rand(500, 600)
     box = [-1.0, 10.0, 550.0, 480.0]
     peak = traced_peak(lambda: overlay(img, heat, box))
     assert peak < 4 * 500 * 600  # the uint8 result is 3 bytes a pixel; it used to take 150 more
     # and the bands give what one full-resolution float64 pass gives
-    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 10**9)
+    monkeypatch.setattr(odam.viz.overlays, "_CHUNK_PIXELS", 10**9)
     np.testing.assert_array_equal(overlay(img, heat, box), overlay(img, heat, box))
 
 
 def test_overlay_bands_equal_the_formula(monkeypatch):
-    monkeypatch.setattr(odam.viz, "_CHUNK_PIXELS", 7)  # bands of one row, 6 pixels wide
+    monkeypatch.setattr(odam.viz.overlays, "_CHUNK_PIXELS", 7)  # bands of one row, 6 pixels wide
     test_blend_formula_for_every_pixel()
 
 
@@ -295,7 +295,7 @@ def test_normalized_is_normalize_maps_bit_for_bit(dtype):
     for heat in (torch.randn(7, 9) * 100, torch.full((3, 4), 2.5), torch.tensor([[0.0, 1e-40], [0.0, 0.0]]),
                  torch.tensor([[-3.0, 5.0]])):
         heat = heat.to(dtype)
-        assert torch.equal(odam.viz._normalized(heat), normalize_maps(heat)), heat
+        assert torch.equal(odam.viz.overlays._normalized(heat), normalize_maps(heat)), heat
 
 
 def big_explanation(h: int, w: int, targets: tuple[str, ...] = ("score", "left")) -> Explanation:
@@ -347,12 +347,12 @@ def test_panel_checks_dpi(image, dpi):
 
 def test_viz_sets_no_pixel_limit_of_its_own(tmp_path, monkeypatch):
     """The maps already have the image's size: a path over load_image's default limit still draws."""
-    real = odam.viz.load_image
+    real = odam.viz.overlays.load_image
 
     def tiny_default(image, **kwargs):  # load_image as if its default max_pixels were 10
         return real(image, **{"max_pixels": 10, **kwargs})
 
-    monkeypatch.setattr(odam.viz, "load_image", tiny_default)
+    monkeypatch.setattr(odam.viz.overlays, "load_image", tiny_default)
     path = tmp_path / "i.png"
     Image.fromarray(np.zeros((10, 12, 3), dtype=np.uint8)).save(path)
     assert len(panel(path, explanation(), 0).axes) == 6

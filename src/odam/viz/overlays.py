@@ -1,4 +1,4 @@
-"""Heat-map overlays and per-detection panels (as in Fig. 3 of the ODAM paper).
+"""Heat-map overlays and per-detection panels (as in Fig. 3 of the ODAM paper); re-exported by :mod:`odam.viz`.
 
 Drawing uses matplotlib's object API with the Agg canvas, never ``pyplot``: it works headless and leaves
 matplotlib's global state alone.
