@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from odam import _image
 
 #: A COCO run-length encoding: ``{"size": [height, width], "counts": str}`` (compressed, as pycocotools writes).
 RLE = dict[str, Any]
@@ -31,7 +35,8 @@ class ImageRecord:
         width, height: image size in pixels.
         boxes: ``float32 [N, 4]`` numpy array: the full (amodal) box of each object, ``xyxy``. It may extend
             past the image border (a person cut off by the border keeps their whole body's box, as CrowdHuman's
-            ``fbox``); :attr:`clipped_boxes` is the same box clipped to the image, as COCO's ``bbox``.
+            ``fbox``); :attr:`clipped_boxes` is the same box clipped to the image, as COCO's ``bbox``: the one
+            place odam clips ground truth (:meth:`clipped_boxes_tensor` is it as a tensor).
         labels: ``int64 [N]``: 1-based category index.
         ignore: ``bool [N]``: objects to ignore in training and evaluation (COCO ``iscrowd``, odgt
             ``extra.ignore``).
@@ -76,6 +81,48 @@ class ImageRecord:
         boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
         limit = np.array([self.width, self.height, self.width, self.height], np.float32)
         return np.clip(boxes, np.float32(0), limit)
+
+    def clipped_boxes_tensor(self, device: torch.device | str | None = None) -> Tensor:
+        """``Tensor[N, 4]`` float32 on ``device`` (default CPU): :attr:`clipped_boxes` as a new tensor.
+
+        Example:
+            >>> from pathlib import Path
+            >>> boxes = np.array([[-4, 5, 16, 55]], np.float32)
+            >>> rec = ImageRecord(1, Path("a.png"), 64, 48, boxes, np.array([1]), np.array([False]),
+            ...                   boxes * np.nan, boxes * np.nan, None, np.array([1]))
+            >>> rec.clipped_boxes_tensor()
+            tensor([[ 0.,  5., 16., 48.]])
+        """
+        return torch.as_tensor(self.clipped_boxes, device=device)
+
+    def load_image(self, *, max_pixels: int | None = _image.MAX_PIXELS, downscale: bool = False) -> Tensor:
+        """The image :attr:`file` as ``Tensor[3, H, W]`` float32 in [0, 1], on CPU: :func:`odam.load_image` of it.
+
+        Turned upright by its EXIF orientation; its size is not compared with :attr:`width` and :attr:`height`.
+
+        Args:
+            max_pixels: the most pixels (width x height) accepted, or None for no limit (as :func:`odam.load_image`).
+            downscale: shrink an image over ``max_pixels`` to fit instead of refusing it.
+
+        Raises:
+            FileNotFoundError: if the file is missing.
+            ValueError: for a file that is not a readable image, or one over ``max_pixels`` without ``downscale``.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> from PIL import Image
+            >>> tmp = tempfile.TemporaryDirectory(); file = Path(tmp.name) / "a.png"
+            >>> Image.new("RGB", (64, 48), "white").save(file)
+            >>> empty = np.zeros((0, 4), np.float32)
+            >>> rec = ImageRecord(1, file, 64, 48, empty, np.zeros(0, np.int64), np.zeros(0, bool), empty, empty,
+            ...                   None, np.zeros(0, np.int64))
+            >>> image = rec.load_image()
+            >>> image.shape, image.dtype, image.min().item()
+            (torch.Size([3, 48, 64]), torch.float32, 1.0)
+            >>> tmp.cleanup()
+        """
+        return _image.load_image(self.file, max_pixels=max_pixels, downscale=downscale)
 
 
 @dataclass(eq=False)
