@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from odam._image import load_image
 from odam.data import (
     Dataset,
     DatasetError,
@@ -140,7 +142,7 @@ def test_coco_round_trip(tmp_path: Path) -> None:
 def test_odgt_size_is_the_upright_size(tmp_path: Path, orientation: int, size: tuple[int, int]) -> None:
     """A phone photo stored 30x20 with EXIF orientation 6 or 8 is 20x30 upright, as load_image returns it, so its
     odgt size (read from the header when the line has none) and the training loader agree."""
-    from odam.train.engine import load_image_tensor
+    from odam.train.samples import load_image_tensor
 
     (tmp_path / "Images").mkdir()
     exif = Image.Exif()
@@ -511,6 +513,26 @@ def test_coco_with_bbox_only_or_both_reads_the_full_box(tmp_path: Path) -> None:
     a, b = read_coco(tmp_path / "a.json").images
     assert a.boxes.tolist() == [[-4, 2, 6, 32]] and a.clipped_boxes.tolist() == [[0, 2, 6, 24]]
     assert b.boxes.tolist() == [[-3, 2, 7, 12]] and b.clipped_boxes.tolist() == [[0, 2, 7, 12]]
+
+
+def test_record_loads_its_image_and_gives_its_clipped_boxes_as_a_tensor(tmp_path: Path) -> None:
+    write_images(tmp_path / "images")
+    data = coco_base()
+    data["annotations"][0].update(bbox=[0, 2, 6, 22], amodal_bbox=[-4, 2, 10, 30])  # 32x24 image
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    a = read_coco(tmp_path / "a.json").images[0]
+    image = a.load_image()
+    assert image.shape == (3, 24, 32) and image.dtype == torch.float32
+    assert torch.equal(image, load_image(a.file))
+    assert (image[:, 0, 0] * 255).round().tolist() == [90, 120, 150]  # the colour write_images paints
+    with pytest.raises(ValueError, match=r"is 32x24 \(0.0 MP\), more than the 0.0001 MP limit"):
+        a.load_image(max_pixels=100)
+    assert a.load_image(max_pixels=12 * 9, downscale=True).shape == (3, 9, 12)
+    boxes = a.clipped_boxes_tensor()
+    assert boxes.dtype == torch.float32 and boxes.tolist() == a.clipped_boxes.tolist() == [[0, 2, 6, 24]]
+    boxes.zero_()  # a new tensor each call, sharing nothing with the record
+    assert a.boxes.tolist() == [[-4, 2, 6, 32]] and a.clipped_boxes_tensor().tolist() == [[0, 2, 6, 24]]
+    assert a.clipped_boxes_tensor("meta").device.type == "meta"
 
 
 def test_coco_bbox_must_be_the_amodal_box_clipped(tmp_path: Path) -> None:

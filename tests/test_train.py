@@ -103,9 +103,7 @@ def test_evaluate_coco_scores_perfect_missing_and_ignored_detections(tiny_data):
         for r in data.images:
             # real objects first (scores 0.9 .. 0.5), then, optionally, the ignored ones (0.3 .. 0.1)
             order = np.concatenate([np.flatnonzero(~r.ignore), np.flatnonzero(r.ignore) if extra_on_ignored else []])
-            boxes = torch.from_numpy(r.boxes[order.astype(int)]).clone()
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, r.width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, r.height)
+            boxes = r.clipped_boxes_tensor()[order.astype(int)]
             n_real = int((~r.ignore).sum())
             scores = torch.cat([torch.linspace(0.9, 0.5, n_real), torch.linspace(0.3, 0.1, len(order) - n_real)])
             outs.append({"boxes": boxes, "scores": scores, "labels": torch.ones(len(boxes), dtype=torch.int64)})
@@ -137,7 +135,7 @@ def test_oracle_keeps_everything_without_nms_and_loses_overlapping_people_with_i
     data = read_dataset(tiny_data)
     assert coco_metrics(data, oracle_results(data, 1.0))["AP50"] == pytest.approx(1.0)
     # at NMS 0.3 every pair of clipped boxes overlapping more than that loses one box
-    crowded = any((np.triu(_pairwise_iou(np.clip(r.boxes, 0, r.width)), 1) > 0.3).any() for r in data.images)
+    crowded = any((np.triu(_pairwise_iou(r.clipped_boxes), 1) > 0.3).any() for r in data.images)
     assert crowded
     assert coco_metrics(data, oracle_results(data, 0.3))["AP50"] < 0.95
 

@@ -42,12 +42,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from odam._atomic import atomic_path, atomic_write
-from odam._image import load_image
 from odam.architectures import ARCHITECTURES, BACKBONES
-from odam.data import read_dataset
-from odam.data.dataset import Dataset, DatasetError, ImageRecord
+from odam.data import Dataset, read_dataset
 from odam.losses import NEGATIVES
 from odam.models import create_model, save_checkpoint
+from odam.train.evaluate import evaluate_coco
+from odam.train.samples import load_image_tensor, training_target
 
 #: The name of label 0 in checkpoint categories, which are indexed by label as torchvision's are.
 BACKGROUND = "__background__"
@@ -166,31 +166,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def load_image_tensor(record: ImageRecord) -> Tensor:
-    """The image of ``record`` as ``float32 [3, H, W]`` in [0, 1]; a one-line DatasetError if unreadable."""
-    try:  # upright by EXIF, 16-bit and float files scaled: what explanations see (odam.load_image)
-        image = load_image(record.file, max_pixels=None)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{record.file}: cannot read image: {' '.join(str(err).split())}") from err
-    if tuple(image.shape[-2:]) != (record.height, record.width):
-        raise DatasetError(f"{record.file}: image is {image.shape[-1]}x{image.shape[-2]}, the annotations say "
-                           f"{record.width}x{record.height}")
-    return image
-
-
-def training_target(record: ImageRecord, flip: bool) -> dict[str, Tensor]:
-    """Boxes clipped to the image, ignored objects and boxes under one pixel dropped, optionally mirrored."""
-    boxes = torch.from_numpy(record.boxes.astype(np.float32)).reshape(-1, 4)
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, record.width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, record.height)
-    keep = ~torch.from_numpy(record.ignore.astype(bool))
-    keep &= (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-    boxes, labels = boxes[keep], torch.from_numpy(record.labels.astype(np.int64))[keep]
-    if flip:
-        boxes = torch.stack([record.width - boxes[:, 2], boxes[:, 1], record.width - boxes[:, 0], boxes[:, 3]], 1)
-    return {"boxes": boxes, "labels": labels}
 
 
 class _Samples(torch.utils.data.Dataset):
@@ -442,8 +417,6 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
     state["rank_weight_sha256"] = digests
     if rank == 0:
         if "metrics" not in state:
-            from odam.train.evaluate import evaluate_coco
-
             model.eval()
             state["metrics"] = evaluate_coco(model, val_set, progress=progress) | {"val_images": len(val_set)}
         # also when resuming a finished run: a kill during the last save may have left only train_state.safetensors

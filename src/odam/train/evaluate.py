@@ -13,7 +13,8 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 from tqdm import tqdm
 
-from odam.data.dataset import Dataset
+from odam.data import Dataset, to_coco_dict
+from odam.train.samples import load_image_tensor
 
 
 def ground_truth(dataset: Dataset) -> COCO:
@@ -21,8 +22,6 @@ def ground_truth(dataset: Dataset) -> COCO:
     ``annotations.json``, so pycocotools run on that file gives the same numbers. Its ``bbox`` is the full box
     clipped to the image (detectors predict inside it) and its ignored objects are ``iscrowd`` regions, which
     COCOeval neither rewards nor penalises."""
-    from odam.data import to_coco_dict
-
     coco = COCO()
     coco.dataset = to_coco_dict(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -33,8 +32,6 @@ def ground_truth(dataset: Dataset) -> COCO:
 @torch.no_grad()
 def detections_as_coco(model: nn.Module, dataset: Dataset, *, batch_size: int = 8, progress: bool = True) -> list[dict]:
     """Run ``model`` (eval mode) over ``dataset``; COCO result dicts with ``bbox`` as ``[x, y, w, h]``."""
-    from odam.train.engine import load_image_tensor
-
     device = next(model.parameters()).device
     results = []
     images = dataset.images
@@ -71,7 +68,7 @@ def oracle_results(dataset: Dataset, nms_thresh: float, *, seed: int = 0) -> lis
     generator = torch.Generator().manual_seed(seed)
     results = []
     for record in dataset.images:
-        boxes = torch.from_numpy(record.clipped_boxes)
+        boxes = record.clipped_boxes_tensor()
         labels = torch.from_numpy(np.asarray(record.labels, np.int64))
         scores = torch.rand(len(boxes), generator=generator)
         for k in batched_nms(boxes, scores, labels, nms_thresh).tolist():
@@ -139,8 +136,6 @@ def error_breakdown(model: nn.Module, dataset: Dataset, thresholds: list[float])
         >>> error_breakdown(nn.Linear(1, 1), Dataset([], ("person",)), [0.5])[0.5]["true"]
         0
     """
-    from odam.train.engine import load_image_tensor
-
     counts = {t: {"true": 0, "duplicate": 0, "mislocalised": 0, "background": 0, "objects": 0} for t in thresholds}
     if not dataset.images:
         return counts
@@ -150,7 +145,7 @@ def error_breakdown(model: nn.Module, dataset: Dataset, thresholds: list[float])
     try:
         for record in dataset.images:
             out = model([load_image_tensor(record).to(device)])[0]
-            truth = torch.from_numpy(record.clipped_boxes)
+            truth = record.clipped_boxes_tensor()
             ignored = torch.from_numpy(np.asarray(record.ignore, bool))
             iou = box_iou(out["boxes"].cpu().float(), truth)
             scores = out["scores"].cpu()
