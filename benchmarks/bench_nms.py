@@ -83,7 +83,8 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int) -> d
             if i:  # the first image warms up
                 times[name].append(time.perf_counter() - start)
         if i:
-            candidates.append(len(pipelines["nms"]._candidates_trace(image).detections))
+            trace = pipelines["nms"].trace(image, candidates=True, max_candidates=max_candidates)
+            candidates.append(len(trace.detections))
     mean = {k: statistics.mean(v) for k, v in times.items()}
     return {"model": model, "images": len(records) - 1, "candidates": statistics.mean(candidates), **mean}
 

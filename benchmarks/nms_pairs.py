@@ -27,13 +27,14 @@ from odam.nms import Suppression, correlation
 
 
 def pairs(model: str, data: str, images: int, score: float) -> dict[str, np.ndarray]:
-    detector = odam.load_detector(model, nms=Suppression("nms"))
+    detector = odam.load_detector(model)
     explainer = ODAM(detector, frozen_norm=True)
+    max_candidates = Suppression("nms").max_candidates
     found: dict[str, list] = {"same": [], "different": [], "same_far": []}
     for record in read_dataset(data).images[:images]:
-        trace = detector._candidates_trace(odam.load_image(record.file))
+        trace = detector.trace(odam.load_image(record.file), candidates=True, max_candidates=max_candidates)
         cands = trace.detections
-        corr = correlation(explainer._vectors(trace, cands, 50))
+        corr = correlation(explainer.vectors(trace, cands, 50))
         gt = torch.as_tensor(np.clip(record.boxes, 0, [record.width, record.height] * 2), dtype=torch.float32)
         gt = gt[~torch.as_tensor(record.ignore)]
         if len(gt) == 0:

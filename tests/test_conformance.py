@@ -57,6 +57,46 @@ def test_a_failing_check_names_itself() -> None:
         check_adapter(bad)
 
 
+def test_a_check_that_raises_another_error_is_named_too() -> None:
+    """A bug in an adapter often surfaces as a TypeError: check_adapter still names the check, with the cause."""
+    from odam.detectors.torchvision import OneStageAdapter
+    from odam.testing import check_adapter
+
+    case = CASES[0]
+
+    class Broken(OneStageAdapter):
+        def attributes(self, trace, detections, frozen_norm=False):  # noqa: ANN001, ANN202
+            raise TypeError("unsupported operand")
+
+    bad = Case(case.id, case.build, case.native, case.image, case.probe, wrap=Broken)
+    with pytest.raises(AssertionError, match="check_attributes_reproduce_detections: TypeError: unsupported") as err:
+        check_adapter(bad)
+    assert isinstance(err.value.__cause__, TypeError)
+
+
+def test_a_model_whose_weights_are_all_buffers_has_a_device_and_dtype() -> None:
+    import torch
+    from torch import nn
+
+    import odam
+
+    class Fixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("weight", torch.ones(2, dtype=torch.float64))
+
+    class Adapter(odam.DetectorAdapter):
+        def run(self, image, layer, candidates):  # noqa: ANN001, ANN202
+            raise NotImplementedError
+
+        def attributes(self, trace, detections, frozen_norm=False):  # noqa: ANN001, ANN202
+            raise NotImplementedError
+
+    adapter = Adapter(Fixed())
+    assert adapter.device == torch.device("cpu") and adapter.dtype == torch.float64
+    assert Adapter(nn.Identity()).dtype == torch.float32
+
+
 def test_maps_placed_five_cells_off_fail_the_line_up_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default bound (a quarter cell, at least 16 model pixels: two cells of FCOS's P3) catches 5 cells."""
     from odam.detectors.base import MapGroup
@@ -102,15 +142,15 @@ def test_an_adapter_that_leaves_a_patch_or_changes_a_buffer_fails_the_borrow_che
     case = CASES[0]
 
     class Patching(OneStageAdapter):
-        def _trace(self, image, layer):  # noqa: ANN001, ANN202
+        def run(self, image, layer, candidates):  # noqa: ANN001, ANN202
             self.model.head.forward = self.model.head.forward  # an instance attribute left behind
-            return super()._trace(image, layer)
+            return super().run(image, layer, candidates)
 
     class Drifting(OneStageAdapter):
-        def _trace(self, image, layer):  # noqa: ANN001, ANN202
+        def run(self, image, layer, candidates):  # noqa: ANN001, ANN202
             bn = next(m for m in self.model.modules() if hasattr(m, "running_mean"))
             bn.running_mean += 1
-            return super()._trace(image, layer)
+            return super().run(image, layer, candidates)
 
     for adapter, message in ((Patching, "modes, flags, hooks or methods"), (Drifting, "parameters or buffers")):
         model = case.build()

@@ -48,7 +48,7 @@ def test_fcos_score_is_sqrt_of_class_times_centerness(image: torch.Tensor) -> No
     model = build("fcos_resnet50_fpn")
     trace = odam.wrap_detector(model).trace(image)
     d = trace.detections
-    feats = trace._state["features"]
+    feats = trace.state["features"]
     out = model.head(feats)
     sizes = [f.shape[-2] * f.shape[-1] for f in feats]
     flat = torch.tensor([sum(sizes[:lv]) for lv in d.levels.tolist()]) + d.indices

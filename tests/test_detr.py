@@ -224,11 +224,11 @@ def test_candidates_are_every_query_with_detects_scores(model: nn.Module, image:
 
 def test_nms_gets_the_queries_above_threshold_by_score(model: nn.Module, image: Tensor) -> None:
     plain = case.wrap(model, threshold=0.3).detect(image)
-    adapter = case.wrap(model, threshold=0.3, nms=odam.nms.Suppression("nms", iou_threshold=0.7, max_candidates=6))
-    trace = adapter._candidates_trace(image)
+    adapter = odam.nms.Suppressed(case.wrap(model, threshold=0.3), "nms", iou_threshold=0.7, max_candidates=6)
+    trace = adapter.trace(image, candidates=True, max_candidates=6)
     order = torch.sort(plain.scores, descending=True, stable=True).indices[:6]
     assert torch.equal(trace.detections.indices, plain.indices[order])
-    assert trace._state["max_detections"] == model.config.num_queries
+    assert adapter.max_detections == model.config.num_queries
     kept = adapter.detect(image)
     expected = []
     for label in torch.unique(trace.detections.labels):
@@ -239,7 +239,7 @@ def test_nms_gets_the_queries_above_threshold_by_score(model: nn.Module, image: 
     assert 1 <= len(kept) < len(trace.detections)
     assert torch.equal(kept.indices, trace.detections.indices[expected])
     # Odam-NMS runs on the explained maps.
-    assert len(case.wrap(model, threshold=0.3, nms="odam").detect(image)) >= 1
+    assert len(odam.wrap_detector(case.wrap(model, threshold=0.3), nms="odam").detect(image)) >= 1
 
 
 def test_categories_from_id2label_or_given(model: nn.Module) -> None:

@@ -119,7 +119,7 @@ def test_model_is_borrowed_also_when_it_raises() -> None:
     handle = model.head.register_forward_hook(lambda *a: None)
     model.backbone.body.conv1.weight.requires_grad_(False)
     drise = odam.DRISE(model, num_masks=2, progress=False)
-    drise.detector._candidates = fail
+    drise.detector.score_candidates = fail
     with pytest.raises(RuntimeError, match="boom"):
         drise.explain(image, detections=dets)
     assert model.training and not model.backbone.body.conv1.weight.requires_grad

@@ -136,7 +136,7 @@ def test_odam_nms_by_cosine(seed: int) -> None:
 def test_odam_nms_blocks_agree_with_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     boxes, scores, vectors = _crowd(3, 600, objects=30)
     whole = odam_nms(boxes, scores, vectors)
-    import odam.nms as module
+    import odam.nms.ops as module
 
     monkeypatch.setattr(module, "_BLOCK", 7)
     assert odam_nms(boxes, scores, vectors).tolist() == whole.tolist()

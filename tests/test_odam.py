@@ -58,7 +58,7 @@ def _assert_close(actual: torch.Tensor, expected: np.ndarray) -> None:
 
 def _cell_means(model: nn.Module, img: torch.Tensor) -> np.ndarray:
     """Channel 0 of the hand-set backbone's output (mean intensity of each 8x8 cell of the resized image)."""
-    feats = odam.wrap_detector(model).trace(img)._state["features"]
+    feats = odam.wrap_detector(model).trace(img).state["features"]
     assert feats[0].shape == (1, 2, 100, 136)
     return feats[0][0, 0].detach().double().numpy()
 
@@ -167,7 +167,7 @@ def test_layer_choices(image: torch.Tensor) -> None:
     stride = 1 / model.roi_heads.box_roi_pool.scales[int(e.detections.levels[0])]
     centre = 0.0 + 0.5
     assert stride > 0
-    prop = (trace._state["proposals"][e.detections.indices[0]] + centre) * torch.tensor([w / wr, h / hr] * 2)
+    prop = (trace.state["proposals"][e.detections.indices[0]] + centre) * torch.tensor([w / wr, h / hr] * 2)
     x1, y1, x2, y2 = prop.tolist()
     outside = e.maps[0, 0].clone()
     outside[max(0, int(y1) - 1):int(y2) + 2, max(0, int(x1) - 1):int(x2) + 2] = 0
@@ -401,7 +401,7 @@ def test_roi_maps_are_centred_like_level_maps(image: torch.Tensor) -> None:
     (h, w), (hr, wr) = trace.geometry.original, trace.geometry.resized
     centre = 0.0
     # in original pixel indices: model-input index u lands on original (u + 0.5) * w / wr - 0.5
-    x1, y1, x2, y2 = (trace._state["proposals"][trace.detections.indices[0]] + centre + 0.5).tolist()
+    x1, y1, x2, y2 = (trace.state["proposals"][trace.detections.indices[0]] + centre + 0.5).tolist()
     ys, xs = torch.where(placed > 0)
     # bilinear sampling with zero padding reaches half a bin past the box
     bx, by = (x2 - x1) * w / wr / 14, (y2 - y1) * h / hr / 14

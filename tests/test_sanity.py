@@ -45,7 +45,7 @@ def test_two_stage_keeps_the_trained_proposals() -> None:
 
     def explain(m: torch.nn.Module) -> torch.Tensor:
         trace = odam.wrap_detector(m).trace(IMAGE)
-        seen.append(trace._state["proposals"][dets.indices])
+        seen.append(trace.state["proposals"][dets.indices])
         return odam.ODAM(m).explain(IMAGE, detections=dets).maps[:, 0]
 
     cascading_randomization(model, explain, blocks=["roi_heads.box_head", "backbone.body.layer4"])

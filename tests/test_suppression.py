@@ -1,5 +1,5 @@
-"""The nms= option of the adapters: the four methods replacing a detector's own NMS, frozen GroupNorm maps and
-FeatureNMS embeddings."""
+"""odam.nms.Suppressed (``nms=`` of load_detector and wrap_detector): the four methods replacing a detector's own
+NMS, frozen GroupNorm maps and FeatureNMS embeddings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.conftest import build
 
 import odam
 from odam.detectors.base import borrowed
-from odam.nms import Suppression, feature_nms, heatmap_vectors, nms, odam_nms, soft_nms
+from odam.nms import Suppressed, Suppression, feature_nms, heatmap_vectors, nms, odam_nms, soft_nms
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def crowd_image() -> torch.Tensor:
     return odam.load_image(DEMO_SCENE)
 
 
-def _candidates(detector: odam.DetectorAdapter, image: torch.Tensor):
-    trace = detector._candidates_trace(image)
+def _candidates(detector: Suppressed, image: torch.Tensor):
+    trace = detector.trace(image, candidates=True, max_candidates=detector.nms.max_candidates)
     return trace, trace.detections
 
 
@@ -32,7 +32,7 @@ def test_each_method_is_the_op_on_the_candidates(name: str, crowd_image: torch.T
     trace, cands = _candidates(base, crowd_image)
     assert len(cands) == cap or len(cands) < cap and bool((cands.scores > base.score_threshold).all())
     assert torch.all(cands.scores[:-1] >= cands.scores[1:])  # by descending score
-    limit = trace._state["max_detections"]
+    limit = base.max_detections
     # classical NMS
     got = odam.load_detector(name, nms=Suppression("nms", max_candidates=cap)).detect(crowd_image)
     keep = nms(cands.boxes, cands.scores, 0.5)[:limit]
@@ -58,7 +58,7 @@ def test_default_is_the_models_own_nms(crowd_image: torch.Tensor) -> None:
         expected = model([crowd_image])[0]
     got = odam.wrap_detector(model).detect(crowd_image)
     torch.testing.assert_close(got.boxes, expected["boxes"])
-    assert odam.wrap_detector(model).nms is None
+    assert not isinstance(odam.wrap_detector(model), Suppressed)
 
 
 def test_odam_nms_keeps_a_borrowed_model_as_it_was(crowd_image: torch.Tensor) -> None:
@@ -73,10 +73,12 @@ def test_odam_nms_keeps_a_borrowed_model_as_it_was(crowd_image: torch.Tensor) ->
     handle.remove()
 
 
-def test_wrap_detector_copies_an_adapter_to_change_its_nms() -> None:
+def test_wrap_detector_wraps_an_adapter_to_change_its_nms() -> None:
     detector = odam.load_detector("synthcrowd-fcos")
     other = odam.wrap_detector(detector, nms="soft")
-    assert other.nms.method == "soft-nms" and detector.nms is None and other.model is detector.model
+    assert other.nms.method == "soft-nms" and other.detector is detector and other.model is detector.model
+    again = odam.wrap_detector(other, nms="nms")  # replaced, not stacked
+    assert again.nms.method == "nms" and again.detector is detector
     with pytest.raises(ValueError, match="unknown NMS method 'box'"):
         odam.load_detector("synthcrowd-fcos", nms="box")
 
@@ -99,16 +101,16 @@ def test_embeddings_are_the_heads_vectors_at_each_detection(arch: str) -> None:
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(cands)))
     if arch == "fasterrcnn":
         rh = model.roi_heads
-        props = trace._state["proposals"][cands.indices]
+        props = trace.state["proposals"][cands.indices]
         with torch.no_grad():
-            expected = model.embedding_head(rh.box_head(rh.box_roi_pool(trace._state["features"], [props],
-                                                                        trace._state["image_sizes"])))
+            expected = model.embedding_head(rh.box_head(rh.box_roi_pool(trace.state["features"], [props],
+                                                                        trace.state["image_sizes"])))
     else:
         # the training loss's flattening (odam.train.embedding) picks the same vectors at the anchor indices
         head, n_anchors = model.embedding_head, model.head.classification_head.num_anchors
         with torch.no_grad():
             levels = [head(f).permute(0, 2, 3, 1).repeat_interleave(n_anchors, 2).flatten(1, 2)[0]
-                      for f in trace._state["features"]]
+                      for f in trace.state["features"]]
         expected = torch.stack([levels[lv][i] for lv, i in zip(cands.levels.tolist(), cands.indices.tolist(),
                                                                  strict=True)])
     torch.testing.assert_close(emb, expected)
@@ -117,7 +119,7 @@ def test_embeddings_are_the_heads_vectors_at_each_detection(arch: str) -> None:
     for label in cands.labels.unique():
         idx = torch.where(cands.labels == label)[0]
         keep += idx[feature_nms(cands.boxes[idx], cands.scores[idx], emb[idx], 0.1, 0.9, 1.0)].tolist()
-    keep = sorted(keep, key=lambda i: -float(cands.scores[i]))[: trace._state["max_detections"]]
+    keep = sorted(keep, key=lambda i: -float(cands.scores[i]))[: detector.max_detections]
     torch.testing.assert_close(got.boxes, cands.boxes[keep])
 
 

@@ -34,7 +34,7 @@ from odam.detectors.yolo import (
     letterbox,
 )
 from odam.explainers._reference import explain_loop
-from odam.nms import Suppression
+from odam.nms import Suppressed
 from odam.testing import Case, model_of
 
 V8, V11 = CASES
@@ -369,11 +369,11 @@ def test_replacing_the_nms() -> None:
     img = image()
     adapter = wrap(model)
     plain = adapter.detect(img)
-    same = YoloAdapter(model, nms=Suppression.parse("nms", iou_threshold=IOU), score_threshold=CONF,
-                       max_detections=MAX_DET, imgsz=IMGSZ)
-    trace = same._candidates_trace(img)
+    same = Suppressed(YoloAdapter(model, score_threshold=CONF, max_detections=MAX_DET, imgsz=IMGSZ), "nms",
+                      iou_threshold=IOU)
+    trace = same.trace(img, candidates=True)
     cands = trace.detections
-    assert trace._state["max_detections"] == MAX_DET
+    assert same.max_detections == MAX_DET
     assert len(cands) > len(plain) and bool((cands.scores > CONF).all())
     assert torch.equal(cands.scores, cands.scores.sort(descending=True).values)
     # odam's per-class NMS keeps what Ultralytics' offset NMS keeps.

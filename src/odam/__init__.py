@@ -13,9 +13,9 @@ Example:
 """
 
 from odam._image import load_image
-from odam.detectors import DetectorAdapter, wrap_detector
+from odam.detectors import DetectorAdapter
 from odam.explainers import DRISE, ODAM, GradCAM, GradCAMPlusPlus
-from odam.models import create_model, load_checkpoint, load_detector, save_checkpoint
+from odam.models import create_model, load_checkpoint, load_detector, save_checkpoint, wrap_detector
 from odam.structures import TARGETS, Detections, Explanation
 from odam.viz import overlay, save_overlay, save_panel
 

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -35,6 +35,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from odam._atomic import atomic_path, atomic_write
 from odam.detectors.base import DetectorAdapter
+
+if TYPE_CHECKING:
+    from odam.nms import Suppression
 
 #: The torchvision builders ``create_model`` accepts, as ``"torchvision:<builder>"``.
 BUILDERS: tuple[str, ...] = (
@@ -501,7 +504,37 @@ def configure(
     return model
 
 
-def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", nms: Any = None,
+def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None,
+                  nms: str | Suppression | None = None) -> DetectorAdapter:
+    """Wrap a detector in its adapter (:func:`odam.detectors.wrap_detector`), with ``detect(image) -> Detections``
+    (docs/ADAPTERS.md), and with ``nms`` replace its NMS.
+
+    Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN (``_v2`` variants included), odam's
+    RetinaFace (``odam.load_detector("retinaface")``), Hugging Face's ``DetrForObjectDetection`` and Ultralytics'
+    YOLOv8 and YOLO11 detection models (the ``YOLO`` object or its ``DetectionModel``). An adapter passed in is
+    returned as it is. ``categories`` names the classes, indexed by label (as torchvision's weights'
+    ``meta["categories"]``, with ``"__background__"`` at 0); ``None`` keeps the family's own names where it has
+    them. ``nms`` replaces the model's own NMS: a name from :data:`odam.nms.METHODS` (``"odam"`` for Odam-NMS) or
+    an :class:`odam.nms.Suppression`; the result is an :class:`odam.nms.Suppressed`, which wraps the adapter
+    (a ``Suppressed`` passed in has its suppression replaced).
+
+    Raises:
+        TypeError: for any other model, naming what is supported.
+
+    Example:
+        >>> import torchvision, odam
+        >>> model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None)
+        >>> type(odam.wrap_detector(model)).__name__, odam.wrap_detector(model, nms="odam")
+        ('OneStageAdapter', Suppressed(OneStageAdapter, 'odam-nms'))
+    """
+    from odam.detectors import wrap_detector as adapt
+    from odam.nms import Suppressed
+
+    adapter = adapt(model, categories)
+    return adapter if nms is None else Suppressed(adapter, nms)
+
+
+def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", nms: str | Suppression | None = None,
                   **kwargs: Any) -> DetectorAdapter:
     """Build or load a detector and wrap it in its adapter, ready for :class:`odam.ODAM`.
 
@@ -528,8 +561,6 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
         >>> load_detector("synthcrowd-fcos-odamtrain", nms="odam").nms.method
         'odam-nms'
     """
-    from odam.detectors import wrap_detector
-
     spec = os.fspath(name_or_path)
     if spec in BUNDLED or (spec not in PRETRAINED and not spec.startswith((_PREFIX, _ODAM)) and Path(spec).exists()):
         if kwargs:

@@ -5,6 +5,7 @@ Describe a detector family by a :class:`Case` and run :func:`check_adapter` on i
 passes every check:
 
 - ``detect`` equals the family's native inference;
+- ``trace(image, candidates=True)`` gives the candidates before NMS, by score, among them every detection;
 - the attributes recomputed from each detection's provenance reproduce its score and box;
 - the batched maps equal a loop that explains one detection at a time;
 - a box-edge map is not the score map;
@@ -339,11 +340,31 @@ def check_bad_input_errors(case: Case) -> None:
     err = _raises(ValueError, "no module named 'nope.nope'", lambda: ODAM(adapter, layer="nope.nope").explain(
         case.image()))
     assert "\n" not in str(err)
+    _raises(ValueError, "no module named 'nope.nope'", lambda: adapter.check_layer("nope.nope"))
+
+
+def check_candidate_pass(case: Case) -> None:
+    _, adapter = _adapter(case)
+    image = case.image()
+    dets = adapter.detect(image)
+    cands = adapter.trace(image, candidates=True).detections
+    assert cands.has_provenance, "candidates must record their level and index"
+    assert bool(torch.all(cands.scores[:-1] >= cands.scores[1:])), "candidates must come by descending score"
+    k = min(len(cands), 2)
+    few = adapter.trace(image, candidates=True, max_candidates=k).detections
+    assert len(few) == k and torch.equal(few.indices, cands.indices[:k]), (
+        f"max_candidates={k} must give the {k} best candidates, got {len(few)}")
+    seen = {(int(a), int(b), int(c)) for a, b, c in zip(cands.levels, cands.indices, cands.labels, strict=True)}
+    floor = float(cands.scores.min()) if len(cands) else float("inf")
+    for d in range(len(dets)):  # what detect keeps is among the candidates (those that rank among them)
+        key = (int(dets.levels[d]), int(dets.indices[d]), int(dets.labels[d]))
+        assert float(dets.scores[d]) < floor or key in seen, f"detection {d} {key} is no candidate"
 
 
 #: Every check, in the order :func:`check_adapter` runs them.
 CHECKS: tuple[Callable[[Case], None], ...] = (
     check_detect_equals_native,
+    check_candidate_pass,
     check_attributes_reproduce_detections,
     check_batched_maps_equal_loop,
     check_box_map_differs_from_score_map,
@@ -354,12 +375,15 @@ CHECKS: tuple[Callable[[Case], None], ...] = (
 
 
 def check_adapter(case: Case) -> None:
-    """Run every check of the suite on ``case``; ``AssertionError`` names the first one that fails."""
+    """Run every check of the suite on ``case``; ``AssertionError`` names the first one that fails, whatever the
+    check raised (an adapter bug often surfaces as a ``TypeError`` or ``RuntimeError``, chained as the cause)."""
     for check in CHECKS:
         try:
             check(case)
         except AssertionError as err:
             raise AssertionError(f"{case.id}: {check.__name__}: {err}") from None
+        except Exception as err:
+            raise AssertionError(f"{case.id}: {check.__name__}: {type(err).__name__}: {err}") from err
 
 
 def module_output(module: nn.Module, run: Callable[[Tensor], object]) -> Callable[[Tensor], Tensor]:

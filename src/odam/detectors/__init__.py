@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib
 
 from torch import nn
@@ -10,7 +9,6 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry, MapGroup, Trace, borrowed
 from odam.detectors.torchvision import OneStageAdapter, TwoStageAdapter
-from odam.nms import Suppression
 
 #: Model classes :func:`wrap_detector` accepts (torchvision's ``_v2`` variants and subclasses included).
 SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN", "odam RetinaFace", "transformers DetrForObjectDetection",
@@ -25,17 +23,17 @@ __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "
            "SUPPORTED"]
 
 
-def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None,
-                  nms: str | Suppression | None = None) -> DetectorAdapter:
+def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...] | None = None
+                  ) -> DetectorAdapter:
     """Wrap a detector in its adapter, with ``detect(image) -> Detections`` (docs/ADAPTERS.md).
 
     Supports torchvision's FCOS, RetinaNet, Faster R-CNN and Mask R-CNN (``_v2`` variants included), odam's
     RetinaFace (``odam.load_detector("retinaface")``), Hugging Face's ``DetrForObjectDetection`` and Ultralytics'
     YOLOv8 and YOLO11 detection models (the ``YOLO`` object or its ``DetectionModel``). An adapter passed in is
-    returned as it is (a copy, when ``nms`` is given). ``categories`` names the classes, indexed by label (as
-    torchvision's weights' ``meta["categories"]``, with ``"__background__"`` at 0); ``None`` keeps the family's
-    own names where it has them. ``nms`` replaces the model's own NMS: a name from :data:`odam.nms.METHODS`
-    (``"odam"`` for Odam-NMS) or an :class:`odam.nms.Suppression`.
+    returned as it is. ``categories`` names the classes, indexed by label (as torchvision's weights'
+    ``meta["categories"]``, with ``"__background__"`` at 0); ``None`` keeps the family's own names where it has
+    them. ``odam.wrap_detector(model, nms=...)`` (:func:`odam.models.wrap_detector`) also replaces the model's
+    NMS.
 
     Raises:
         TypeError: for any other model, naming what is supported.
@@ -47,19 +45,15 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
         'OneStageAdapter'
     """
     if isinstance(model, DetectorAdapter):
-        if nms is None:
-            return model
-        adapter = copy.copy(model)
-        adapter.nms = Suppression.parse(nms)
-        return adapter
+        return model
     if isinstance(model, (FCOS, RetinaNet)):
-        return OneStageAdapter(model, categories, nms)
+        return OneStageAdapter(model, categories)
     if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
-        return TwoStageAdapter(model, categories, nms)
+        return TwoStageAdapter(model, categories)
     for family in FAMILIES:
         module, name = family.split(":")
         adapter = getattr(importlib.import_module(module), name)
         if adapter.accepts(model):
-            return adapter(model, categories, nms)
+            return adapter(model, categories)
     raise TypeError(f"unsupported detector {type(model).__name__}; odam supports {', '.join(SUPPORTED)}"
                     " (docs/ADAPTERS.md shows how to write an adapter for another)")

@@ -12,13 +12,13 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odam._image import load_image
-from odam.nms import Suppression
 from odam.structures import TARGETS, Detections
 
 ImageLike = object  # a Tensor[3, H, W], PIL image, HxWx3 uint8 array or path; see odam.load_image
@@ -206,17 +206,21 @@ def _infer_stride(padded: int, size: int) -> float:
 
 @dataclass
 class Trace:
-    """One forward pass of a detector on one image.
+    """One forward pass of a detector on one image: what :meth:`DetectorAdapter.run` returns.
 
     Attributes:
-        detections: what the detector returns with its own thresholds, with provenance.
+        detections: what the detector returns with its own thresholds (or its candidates before NMS), with
+            provenance.
         geometry: how the model resized the image.
+        adapter: the adapter that made the pass; :meth:`graph` asks it for the attributes.
+        state: whatever the adapter's :meth:`~DetectorAdapter.attributes` needs, typically the explained
+            feature maps as leaf tensors that require grad. Only the adapter that wrote it reads it.
     """
 
     detections: Detections
     geometry: Geometry
-    _adapter: DetectorAdapter
-    _state: dict
+    adapter: DetectorAdapter
+    state: dict
 
     def graph(self, detections: Detections, *, frozen_norm: bool = False
               ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
@@ -236,10 +240,10 @@ class Trace:
             raise ValueError(
                 "detections must come from detect() (they record the feature level and index they came from)"
             )
-        model = self._adapter.model
+        model = self.adapter.model
         with borrowed(model):  # in eval mode, as in the pass that found the detections; restored on exit
             model.eval()
-            return self._adapter._graph(self, detections, frozen_norm)
+            return self.adapter.attributes(self, detections, frozen_norm)
 
 
 @dataclass(frozen=True)
@@ -271,7 +275,7 @@ class Candidates:
 
         This is the score that Deletion and Insertion follow while pixels change.
         """
-        iou = _iou_with(self.boxes[:, :, label], box)
+        iou = paired_iou(self.boxes[:, :, label], box)
         ok = self.valid & (iou > iou_threshold)
         return torch.where(ok, self.scores[:, :, label], torch.zeros_like(iou)).amax(1)
 
@@ -282,8 +286,14 @@ def image_source(image: Tensor) -> tuple[int, int, float]:
     return int(image.shape[-2]), int(image.shape[-1]), float(image.detach().double().sum())
 
 
-def _iou_with(boxes: Tensor, box: Tensor) -> Tensor:
-    """Element-wise IoU of ``boxes`` (``Tensor[..., 4]``) with ``box`` (``Tensor[..., 4]``, broadcast)."""
+def paired_iou(boxes: Tensor, box: Tensor) -> Tensor:
+    """Element-wise IoU of ``boxes`` (``Tensor[..., 4]``) with ``box`` (``Tensor[..., 4]``, broadcast); 0 where
+    the union is empty.
+
+    Example:
+        >>> paired_iou(torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1]]), torch.tensor([0.0, 0, 2, 1])).tolist()
+        [0.5, 0.5]
+    """
     box = box.to(boxes)
     lt = torch.maximum(boxes[..., :2], box[..., :2])
     rb = torch.minimum(boxes[..., 2:], box[..., 2:])
@@ -296,8 +306,10 @@ def _iou_with(boxes: Tensor, box: Tensor) -> Tensor:
 class DetectorAdapter(abc.ABC):
     """A detector behind one interface: :meth:`detect`, :meth:`trace` and :meth:`candidates`.
 
-    The wrapped model is borrowed: every call leaves its hooks, train/eval modes and ``requires_grad`` flags
-    as they were, also when it raises.
+    An adapter for a new family implements :meth:`run` and :meth:`attributes` (docs/ADAPTERS.md), and where it
+    can :meth:`score_candidates`, :meth:`embed`, :attr:`score_threshold` and :attr:`max_detections`. The wrapped
+    model is borrowed: every call leaves its hooks, train/eval modes and ``requires_grad`` flags as they were,
+    also when it raises.
     """
 
     #: Attribute names this adapter can explain.
@@ -305,14 +317,11 @@ class DetectorAdapter(abc.ABC):
     #: ``layer=`` names this adapter understands besides the model's module names (``"fpn"``, ``"roi"``...).
     named_layers: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
-                 nms: str | Suppression | None = None) -> None:
+    def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None) -> None:
         self.model = model
         #: class names indexed by label, or ``None``; as in torchvision, models with a background class have
         #: ``"__background__"`` at index 0.
         self.categories = None if categories is None else tuple(categories)
-        #: what replaces the detector's own NMS (see :class:`odam.nms.Suppression`); ``None`` keeps the model's.
-        self.nms = None if nms is None else Suppression.parse(nms)
 
     def check_layer(self, layer: str | nn.Module | None) -> None:
         """Raise :class:`LayerError` for a ``layer`` this adapter cannot explain, without running the model: one
@@ -332,7 +341,29 @@ class DetectorAdapter(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model's weights are (its buffers' device for a model without parameters; else the CPU)."""
+        tensor = next(chain(self.model.parameters(), self.model.buffers()), None)
+        return torch.device("cpu") if tensor is None else tensor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type images are given to the model in: its first floating-point parameter's or
+        buffer's, else float32."""
+        for tensor in chain(self.model.parameters(), self.model.buffers()):
+            if tensor.dtype.is_floating_point:
+                return tensor.dtype
+        return torch.float32
+
+    @property
+    def score_threshold(self) -> float:
+        """The score below which the detector drops a candidate."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its score threshold")
+
+    @property
+    def max_detections(self) -> int | None:
+        """At most this many detections per image (the model's own cap, e.g. torchvision's
+        ``detections_per_img``); ``None`` for no cap. What a replacement NMS keeps at most."""
+        return None
 
     def detect(self, image: ImageLike) -> Detections:
         """Detect objects in one image; boxes are in pixels of ``image``.
@@ -347,31 +378,39 @@ class DetectorAdapter(abc.ABC):
         """
         return self.trace(image).detections
 
-    def trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
-        """Run the detector once and keep what explainers need. ``layer`` picks the explained feature map."""
-        trace = self._candidates_trace(image, layer)
-        if self.nms is not None:
-            # Odam-NMS always compares the default maps (what the method is defined on), whatever ``layer``
-            # the caller explains: the candidates, and so the kept ones, are the same in both traces.
-            default = layer is None or (isinstance(layer, str) and layer == "fpn")
-            basis = trace if default or self.nms.method != "odam-nms" else self._candidates_trace(image, None)
-            trace.detections = replace(_suppress(basis, self.nms, detections=trace.detections),
-                                       source=trace.detections.source)
-        return trace
+    def trace(self, image: ImageLike, layer: str | nn.Module | None = None, *, candidates: bool = False,
+              max_candidates: int = 1000) -> Trace:
+        """Run the detector once and keep what explainers need.
 
-    def _candidates_trace(self, image: ImageLike, layer: str | nn.Module | None = None) -> Trace:
-        """:meth:`trace` before ``self.nms`` is applied: with it set, the detections are the candidates."""
-        dtype = next(self.model.parameters()).dtype
+        Args:
+            image: a ``Tensor[3, H, W]`` in [0, 1], PIL image, ``HxWx3`` uint8 array or path (see
+                :func:`odam.load_image`).
+            layer: the explained feature map: ``None`` for the adapter's default, one of :attr:`named_layers`,
+                or a module of the model (object or dotted name).
+            candidates: ``True`` returns the pass before the detector's NMS: its detections are the
+                ``max_candidates`` best-scoring candidates above the score threshold, by descending score, with
+                provenance (what a replacement NMS such as :class:`odam.nms.Suppressed` starts from).
+
+        Example:
+            >>> import torch, torchvision, odam
+            >>> model = torchvision.models.detection.fcos_resnet50_fpn(
+            ...     weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64, score_thresh=0.0)
+            >>> trace = odam.wrap_detector(model).trace(torch.rand(3, 48, 64), candidates=True, max_candidates=7)
+            >>> len(trace.detections)
+            7
+        """
+        if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+            raise ValueError(f"max_candidates must be a positive int, got {max_candidates!r}")
         x = load_image(image)
         source = image_source(x)
         if isinstance(image, Tensor) and image.dtype == torch.float64:
             # load_image checked it and returns float32; a float64 model sees the image it was given, not a
             # rounded copy (rounding to float32 moved a float64 Grad-CAM++ map by 1% near Eq. 19's pole).
             x = image
-        x = x.to(self.device, dtype if dtype.is_floating_point else torch.float32)
+        x = x.to(self.device, self.dtype)
         with borrowed(self.model):
             self.model.eval()
-            trace = self._trace(x, layer)
+            trace = self.run(x, layer, max_candidates if candidates else None)
         trace.detections = replace(trace.detections, source=source)
         return trace
 
@@ -383,15 +422,7 @@ class DetectorAdapter(abc.ABC):
                              "'odam train --feature-embedding'")
         with borrowed(self.model), torch.no_grad():
             self.model.eval()
-            return self._embeddings(trace, detections)
-
-    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} cannot compute embeddings")
-
-    @property
-    def score_threshold(self) -> float:
-        """The score below which the detector drops a candidate."""
-        raise NotImplementedError(f"{type(self).__name__} does not report its score threshold")
+            return self.embed(trace, detections)
 
     def candidates(self, images: Tensor, max_candidates: int = 1000) -> Candidates:
         """Score a batch of same-size images (``Tensor[B, 3, H, W]`` in [0, 1]) in one pass, before NMS.
@@ -411,85 +442,49 @@ class DetectorAdapter(abc.ABC):
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
         if max_candidates < 1:
             raise ValueError(f"max_candidates must be positive, got {max_candidates}")
-        dtype = next(self.model.parameters()).dtype
-        x = images.to(self.device, dtype if dtype.is_floating_point else torch.float32)
+        x = images.to(self.device, self.dtype)
         with borrowed(self.model), torch.no_grad():
             self.model.eval()
-            return self._candidates(x, max_candidates)
+            return self.score_candidates(x, max_candidates)
+
+    # What an adapter implements. The caller (trace, Trace.graph, candidates, embeddings) has already put the
+    # model in eval mode inside borrowed(model) and moved the image to its device and dtype.
 
     @abc.abstractmethod
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
-        """One forward pass. With ``self.nms`` set, ``detections`` are the candidates before NMS (the
-        ``self.nms.max_candidates`` best-scoring, by descending score) and ``_state["max_detections"]`` caps
-        what :func:`_suppress` returns; otherwise they are the model's own output."""
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
+        """One forward pass on ``image`` (``Tensor[3, H, W]`` in [0, 1]).
 
-    def _candidates_or_nms(self, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
-                           max_detections: int) -> Tensor:
-        """Indices into pre-NMS candidates: the model's own batched NMS, or the candidates kept for
-        ``self.nms``."""
-        if self.nms is None:
-            from torchvision.ops import batched_nms
+        With ``candidates=None`` the detections are the model's own output; with an int they are that many
+        best-scoring candidates before the model's NMS, by descending score (:meth:`select` does both). Raise
+        :class:`LayerError` for a ``layer`` that cannot be explained."""
 
-            return batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
-        return torch.sort(scores, descending=True, stable=True).indices[: self.nms.max_candidates]
+    @abc.abstractmethod
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+                   ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
+        """With gradients on, the attributes of ``detections`` recomputed from the leaves in ``trace.state``,
+        and their feature groups: see :meth:`Trace.graph`. Raise ``ValueError`` for provenance out of range."""
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+        """:meth:`candidates` for a batch already on the model's device (optional: D-RISE and Deletion and
+        Insertion need it)."""
         raise NotImplementedError(
             f"{type(self).__name__} cannot score candidates, which D-RISE and Deletion/Insertion need"
         )
 
-    @abc.abstractmethod
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
-               ) -> tuple[Tensor, list[FeatureGroup], Tensor]: ...
+    def embed(self, trace: Trace, detections: Detections) -> Tensor:
+        """:meth:`embeddings` without the checks (optional: FeatureNMS needs it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot compute embeddings")
 
+    def select(self, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
+               max_detections: int, candidates: int | None) -> Tensor:
+        """Indices into pre-NMS candidates (``boxes [N, 4]``, ``scores [N]``, ``labels [N]``) for :meth:`run`:
+        torchvision's class-wise NMS capped at ``max_detections`` when ``candidates`` is ``None``, else the
+        ``candidates`` best-scoring, by descending score (ties in index order)."""
+        if candidates is None:
+            from torchvision.ops import batched_nms
 
-def _suppress(trace: Trace, config: Suppression, vectors: Tensor | None = None,
-              embeddings: Tensor | None = None, detections: Detections | None = None) -> Detections:
-    """Apply ``config`` to the candidates in ``trace.detections``; ``vectors`` (Odam-NMS) and ``embeddings``
-    (FeatureNMS) are computed from the trace unless given. The kept ones are taken from ``detections`` (the
-    same candidates from another trace of the same image) when given."""
-    cands = trace.detections
-    if len(cands) == 0:
-        return cands
-    if config.method == "odam-nms" and vectors is None:
-        from odam.explainers.odam import ODAM
-
-        vectors = ODAM(trace._adapter, frozen_norm=config.frozen_norm)._vectors(trace, cands, config.short_edge)
-    elif config.method == "feature-nms" and embeddings is None:
-        embeddings = trace._adapter.embeddings(trace, cands)
-    keep, scores = _kept(cands, config, vectors, embeddings)
-    cap = int(trace._state.get("max_detections", len(keep)))
-    keep, scores = keep[:cap], scores[:cap]
-    source = cands if detections is None else detections
-    return Detections(source.boxes[keep], scores, source.labels[keep], source.levels[keep], source.indices[keep])
-
-
-def _kept(cands: Detections, config: Suppression, vectors: Tensor | None, embeddings: Tensor | None
-          ) -> tuple[Tensor, Tensor]:
-    """``(keep, scores)``: indices of the kept candidates by descending final score, and those scores (Soft-NMS's
-    decayed ones); each class on its own."""
-    from odam import nms as ops
-
-    scores = cands.scores.clone()
-    kept = [cands.labels.new_zeros(0)]
-    for label in torch.unique(cands.labels):
-        idx = torch.where(cands.labels == label)[0]
-        boxes, s = cands.boxes[idx], cands.scores[idx]
-        if config.method == "nms":
-            keep = ops.nms(boxes, s, config.iou_threshold)
-        elif config.method == "odam-nms":
-            keep = ops.odam_nms(boxes, s, vectors[idx], config.iou_threshold, config.low, config.high,
-                                centred=config.centred)
-        elif config.method == "feature-nms":
-            keep = ops.feature_nms(boxes, s, embeddings[idx], config.low, config.high, config.distance)
-        else:
-            keep, decayed = ops.soft_nms(boxes, s, config.sigma, config.soft_threshold, config.soft_method,
-                                         config.iou_threshold)
-            scores[idx[keep]] = decayed
-        kept.append(idx[keep])
-    keep = torch.cat(kept)
-    keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
-    return keep, scores[keep]
+            return batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+        return torch.sort(scores, descending=True, stable=True).indices[:candidates]
 
 
 @contextmanager

@@ -65,7 +65,6 @@ from odam.detectors.base import (
     borrowed,
     resolve_layer,
 )
-from odam.nms import Suppression
 from odam.structures import Detections
 
 #: ``DetrImageProcessor``'s defaults.
@@ -117,8 +116,6 @@ class DetrAdapter(DetectorAdapter):
         categories: class names indexed by label; ``None`` takes them from ``model.config.id2label``. DETR's labels
             index ``id2label`` directly (its no-object class is the last logit, never a label), so unlike
             torchvision's there is no ``"__background__"`` at 0 (COCO checkpoints have ``"N/A"`` there).
-        nms: a suppression to apply to the queries scoring above ``threshold`` (DETR itself has none); ``None``
-            keeps every one of them, as DETR does.
         threshold: keep queries whose score is above this, as ``post_process_object_detection(threshold=...)``
             (default 0.5, its default).
         shortest_edge, longest_edge, image_mean, image_std: preprocessing; ``None`` takes them from ``processor``
@@ -143,7 +140,7 @@ class DetrAdapter(DetectorAdapter):
     named_layers = ("encoder",)
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
-                 nms: str | Suppression | None = None, *, threshold: float = THRESHOLD,
+                 *, threshold: float = THRESHOLD,
                  shortest_edge: int | None = None, longest_edge: int | None = None,
                  image_mean: tuple[float, float, float] | None = None,
                  image_std: tuple[float, float, float] | None = None, processor: object | None = None) -> None:
@@ -155,7 +152,7 @@ class DetrAdapter(DetectorAdapter):
         if categories is None:
             id2label = getattr(model.config, "id2label", None) or {}
             categories = tuple(str(id2label.get(i, id2label.get(str(i), i))) for i in range(self.num_labels))
-        super().__init__(model, categories, nms)
+        super().__init__(model, categories)
         self.threshold = float(threshold)
         defaults = self._from_processor(processor) if processor is not None else {}
         given = {"shortest_edge": shortest_edge, "longest_edge": longest_edge, "image_mean": image_mean,
@@ -210,6 +207,11 @@ class DetrAdapter(DetectorAdapter):
     def score_threshold(self) -> float:
         return self.threshold
 
+    @property
+    def max_detections(self) -> int:
+        """One detection per query at most."""
+        return int(self.model.config.num_queries)
+
     def _prepare(self, images: Tensor) -> tuple[Tensor, Tensor, Geometry]:
         """``pixel_values`` (``Tensor[B, 3, h, w]``), ``pixel_mask`` (``Tensor[B, h, w]``, ones) and the geometry of
         same-size images (``Tensor[B, 3, H, W]`` in [0, 1]), as ``DetrImageProcessor`` makes them: from the uint8
@@ -251,7 +253,7 @@ class DetrAdapter(DetectorAdapter):
         return self.model(pixel_values=pixel_values, pixel_mask=pixel_mask, output_attentions=False,
                           output_hidden_states=False, return_dict=True)
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         pixel_values, pixel_mask, geometry = self._prepare(images)
         out = self._forward(pixel_values, pixel_mask)
         probs = torch.softmax(out.logits, -1)  # [B, Q, L + 1], no-object last
@@ -264,7 +266,7 @@ class DetrAdapter(DetectorAdapter):
         return Candidates(boxes[:, :, None].expand(-1, -1, scores.shape[-1], -1), scores, probs, None,
                           torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device))
 
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
         pixel_values, pixel_mask, geometry = self._prepare(image[None])
         kind, module = self._layer(layer)
         backbone = self.model.model.backbone
@@ -284,13 +286,12 @@ class DetrAdapter(DetectorAdapter):
         scores, labels = probs[:, :-1].max(-1)
         boxes = _corners(out.pred_boxes[0], geometry)
         keep = torch.where(scores > self.threshold)[0]
-        if self.nms is not None:
-            keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices[: self.nms.max_candidates]]
+        if candidates is not None:  # DETR has no NMS: its candidates are the queries above the threshold
+            keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices[:candidates]]
         dets = Detections(boxes[keep], scores[keep], labels[keep], torch.zeros_like(keep), keep)
         inside = any(m is module for m in backbone.modules())
         state = {"pixel_values": pixel_values, "pixel_mask": pixel_mask, "module": module, "replace": replace,
-                 "map": explained, "features": None if inside else features, "num_queries": int(probs.shape[0]),
-                 "max_detections": int(probs.shape[0])}
+                 "map": explained, "features": None if inside else features, "num_queries": int(probs.shape[0])}
         return Trace(dets, geometry, self, state)
 
     def _layer(self, layer: str | nn.Module | None) -> tuple[str, nn.Module]:
@@ -344,9 +345,9 @@ class DetrAdapter(DetectorAdapter):
             undo.callback(_patch(state["module"], "forward", lambda *a, **k: output))
             yield
 
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
-        st = trace._state
+        st = trace.state
         idx, labels = detections.indices, detections.labels
         if len(idx) and int(idx.max()) >= st["num_queries"]:
             raise ValueError(f"detection index out of range: this model has {st['num_queries']} queries")

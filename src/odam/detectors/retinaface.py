@@ -47,7 +47,6 @@ from odam.detectors.base import (
     resolve_layer,
 )
 from odam.detectors.torchvision import _leaf_groups
-from odam.nms import Suppression
 from odam.structures import Detections
 
 EXTRA = "pip install 'odam[retinaface]'"
@@ -292,7 +291,6 @@ class RetinaFaceAdapter(DetectorAdapter):
     Args:
         model: a :class:`RetinaFace`.
         categories: class names; ``("__background__", "face")`` by default (labels are 1).
-        nms: replaces the model's NMS, as for every adapter.
         score: the explained ``"score"`` attribute: ``"logit"`` (log p_face - log p_background, the default) or
             ``"probability"`` (what ``detect`` reports).
     """
@@ -300,10 +298,10 @@ class RetinaFaceAdapter(DetectorAdapter):
     named_layers = ("fpn", "ssh")
 
     def __init__(self, model: RetinaFace, categories: tuple[str, ...] | None = None,
-                 nms: str | Suppression | None = None, score: str = "logit") -> None:
+                 score: str = "logit") -> None:
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        super().__init__(model, CATEGORIES if categories is None else categories, nms)
+        super().__init__(model, CATEGORIES if categories is None else categories)
         self.score = score
 
     @staticmethod
@@ -313,6 +311,10 @@ class RetinaFaceAdapter(DetectorAdapter):
     @property
     def score_threshold(self) -> float:
         return self.model.score_thresh
+
+    @property
+    def max_detections(self) -> int:
+        return int(self.model.detections_per_img)
 
     def _levels(self, x: Tensor, layer: str | nn.Module | None) -> tuple[list[Tensor], dict[str, Tensor], bool]:
         """The maps the heads read (SSH outputs), the leaves, and whether the leaves are the SSH outputs."""
@@ -336,7 +338,7 @@ class RetinaFaceAdapter(DetectorAdapter):
         with torch.enable_grad():
             return [s(f) for s, f in zip(m.ssh, leaves, strict=True)], named, False
 
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
         m = self.model
         x, geometry = m.transform(image[None])
         ssh, leaves, _ = self._levels(x, layer)
@@ -355,14 +357,14 @@ class RetinaFaceAdapter(DetectorAdapter):
             top = torch.sort(scores, descending=True, stable=True).indices[:m.pre_nms_top_n]
             boxes, scores, lvl, idx = boxes[top], scores[top], lvl[top], idx[top]
             labels = torch.ones_like(idx)
-            keep = self._candidates_or_nms(boxes, scores, labels, m.nms_thresh, m.detections_per_img)
+            keep = self.select(boxes, scores, labels, m.nms_thresh, m.detections_per_img, candidates)
             dets = Detections(geometry.to_original(boxes[keep]), scores[keep], labels[keep], lvl[keep], idx[keep])
-        state = {"ssh": ssh, "leaves": leaves, "size": tuple(x.shape[-2:]), "max_detections": m.detections_per_img}
+        state = {"ssh": ssh, "leaves": leaves, "size": tuple(x.shape[-2:])}
         return Trace(dets, geometry, self, state)
 
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
-        st, m = trace._state, self.model
+        st, m = trace.state, self.model
         levels, indices = detections.levels, detections.indices
         if len(levels) and int(levels.max()) >= len(STEPS):
             raise ValueError(f"detection level out of range: RetinaFace has {len(STEPS)} levels")
@@ -392,7 +394,7 @@ class RetinaFaceAdapter(DetectorAdapter):
                                         centres)
         return y, groups, group_of
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         m = self.model
         x, geometry = m.transform(images)
         boxes, probs = [], []

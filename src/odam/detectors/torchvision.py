@@ -41,7 +41,6 @@ from odam.detectors.base import (
     leaf_hook,
     resolve_layer,
 )
-from odam.nms import Suppression
 from odam.structures import Detections
 
 _LOCAL_HEADS = (RetinaNetHead, RetinaNetClassificationHead, RetinaNetRegressionHead, FCOSHead, FCOSClassificationHead,
@@ -181,9 +180,8 @@ class OneStageAdapter(DetectorAdapter):
 
     named_layers = ("fpn",)
 
-    def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None,
-                 nms: str | Suppression | None = None) -> None:
-        super().__init__(model, categories, nms)
+    def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None) -> None:
+        super().__init__(model, categories)
         self.is_fcos = isinstance(model, FCOS)
 
     def _head(self, features: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -209,7 +207,11 @@ class OneStageAdapter(DetectorAdapter):
     def score_threshold(self) -> float:
         return float(self.model.score_thresh)
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    @property
+    def max_detections(self) -> int:
+        return int(self.model.detections_per_img)
+
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         m = self.model
         batch, geometry = _prepare_batch(m, images)
         features = list(_as_dict(m.backbone(batch.tensors)).values())
@@ -226,7 +228,7 @@ class OneStageAdapter(DetectorAdapter):
         return Candidates(boxes.expand(-1, -1, scores.shape[-1], -1), scores, torch.sigmoid(out["cls_logits"][b, top]),
                           objectness, torch.ones_like(top, dtype=torch.bool))
 
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
         m = self.model
         images, geometry = _prepare(m, image)
         if isinstance(layer, str) and layer in ("fpn", "roi"):
@@ -257,17 +259,17 @@ class OneStageAdapter(DetectorAdapter):
                 lvl.append(torch.full_like(anchor_idxs, li))
                 idx.append(anchor_idxs)
             boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-            keep = self._candidates_or_nms(boxes, scores, labels, m.nms_thresh, m.detections_per_img)
+            keep = self.select(boxes, scores, labels, m.nms_thresh, m.detections_per_img, candidates)
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], torch.cat(lvl)[keep], torch.cat(idx)[keep])
         state = {"features": features, "names": list(feats), "leaves": leaves, "anchors": anchors,
-                 "local": layer is None, "max_detections": m.detections_per_img,
+                 "local": layer is None,
                  "centres": _layer_centres(m, feats, leaves, layer, geometry)}
         return Trace(dets, geometry, self, state)
 
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
-        st = trace._state
+        st = trace.state
         features, anchors = st["features"], st["anchors"]
         levels, indices, labels = detections.levels, detections.indices, detections.labels
         if len(levels) and int(levels.max()) >= len(features):
@@ -301,8 +303,8 @@ class OneStageAdapter(DetectorAdapter):
             groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"], st["centres"])
         return y, groups, group_of
 
-    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
-        features, head = trace._state["features"], self.model.embedding_head
+    def embed(self, trace: Trace, detections: Detections) -> Tensor:
+        features, head = trace.state["features"], self.model.embedding_head
         n_anchors = self.model.head.classification_head.num_anchors
         out = torch.zeros(len(detections), head.dim, device=detections.boxes.device)
         for li, feature in enumerate(features):
@@ -388,7 +390,7 @@ class OneStageAdapter(DetectorAdapter):
     def _norm_stats(self, trace: Trace) -> dict[int, list[tuple[Tensor, Tensor]]]:
         """Per GroupNorm layer of the head, its ``(mean, rstd)`` (``[1, G]`` each) on every level, in level
         order: the statistics of this trace's forward pass, computed once and kept in the trace."""
-        st = trace._state
+        st = trace.state
         if "norm_stats" not in st:
             stats: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
@@ -564,7 +566,11 @@ class TwoStageAdapter(DetectorAdapter):
     def score_threshold(self) -> float:
         return float(self.model.roi_heads.score_thresh)
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    @property
+    def max_detections(self) -> int:
+        return int(self.model.roi_heads.detections_per_img)
+
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         m, rh = self.model, self.model.roi_heads
         batch, geometry = _prepare_batch(m, images)
         feats = m.backbone(batch.tensors)
@@ -589,7 +595,7 @@ class TwoStageAdapter(DetectorAdapter):
         scores[..., 0] = 0  # background is never a detection
         return Candidates(padded_boxes, scores, padded_probs, None, valid)
 
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
         m = self.model
         rh = m.roi_heads
         images, geometry = _prepare(m, image)
@@ -611,17 +617,17 @@ class TwoStageAdapter(DetectorAdapter):
             boxes, scores, labels, roi_idx = boxes[inds], scores[inds], labels[inds], roi_idx[inds]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, labels, roi_idx = boxes[keep], scores[keep], labels[keep], roi_idx[keep]
-            keep = self._candidates_or_nms(boxes, scores, labels, rh.nms_thresh, rh.detections_per_img)
+            keep = self.select(boxes, scores, labels, rh.nms_thresh, rh.detections_per_img, candidates)
             roi_idx = roi_idx[keep]
             dets = Detections(resize_boxes(boxes[keep], geometry.resized, geometry.original), scores[keep],
                               labels[keep], self._roi_levels(proposals)[roi_idx], roi_idx)
         state = {"features": feats, "leaves": leaves, "proposals": proposals, "mode": mode,
-                 "image_sizes": images.image_sizes, "max_detections": rh.detections_per_img,
+                 "image_sizes": images.image_sizes,
                  "centres": _layer_centres(m, feats, leaves, layer if mode == "module" else None, geometry)}
         return Trace(dets, geometry, self, state)
 
-    def _embeddings(self, trace: Trace, detections: Detections) -> Tensor:
-        st, rh = trace._state, self.model.roi_heads
+    def embed(self, trace: Trace, detections: Detections) -> Tensor:
+        st, rh = trace.state, self.model.roi_heads
         props = st["proposals"][detections.indices]
         pooled = rh.box_roi_pool(st["features"], [props], st["image_sizes"])
         return self.model.embedding_head(rh.box_head(pooled))
@@ -632,9 +638,9 @@ class TwoStageAdapter(DetectorAdapter):
             return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
         return pool.map_levels([boxes])
 
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
-        st = trace._state
+        st = trace.state
         geometry, rh = trace.geometry, self.model.roi_heads
         pool, proposals = rh.box_roi_pool, st["proposals"]
         names = [n for n in pool.featmap_names if n in st["features"]]  # as MultiScaleRoIAlign filters them

@@ -82,7 +82,6 @@ from odam.detectors.base import (
     resolve_layer,
 )
 from odam.detectors.torchvision import CropGroup
-from odam.nms import Suppression
 from odam.structures import Detections
 
 #: ``non_max_suppression``'s per-class box offset (``max_wh``) and candidate cap (``max_nms``).
@@ -255,7 +254,6 @@ class YoloAdapter(DetectorAdapter):
         model: an ``ultralytics.YOLO`` object or its ``DetectionModel`` (``YOLO(...).model``); the adapter keeps
             the ``DetectionModel`` as ``self.model``, and layer names are relative to it (``"model.15"``).
         categories: class names by label; ``None`` takes the model's ``names``.
-        nms: what replaces the model's NMS (see :class:`odam.nms.Suppression`).
         score_threshold: Ultralytics' ``conf``: keep anchors whose best class probability is above it.
         iou_threshold: Ultralytics' ``iou``: the NMS IoU threshold.
         max_detections: Ultralytics' ``max_det``.
@@ -281,21 +279,21 @@ class YoloAdapter(DetectorAdapter):
     """
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
-                 nms: str | Suppression | None = None, *, score_threshold: float = 0.25,
+                 *, score_threshold: float = 0.25,
                  iou_threshold: float = 0.7, max_detections: int = 300, imgsz: int | tuple[int, int] = 640,
                  classes: list[int] | None = None, agnostic: bool = False) -> None:
         inner = _detection_model(model)
         _detect_head(inner)
         if categories is None:
             categories = _names(inner)
-        super().__init__(inner, categories, nms)
+        super().__init__(inner, categories)
         if not 0 <= iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         if not isinstance(max_detections, int) or max_detections < 1:
             raise ValueError(f"max_detections must be a positive int, got {max_detections!r}")
         self.score_threshold = score_threshold
         self.iou_threshold = float(iou_threshold)
-        self.max_detections = max_detections
+        self._max_detections = max_detections
         self.stride = max(int(inner.stride.max()), 32)  # what predict pads to (AutoBackend's stride)
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         if len(size) != 2 or any(not isinstance(s, int) or s < 1 or s % self.stride for s in size):
@@ -322,6 +320,11 @@ class YoloAdapter(DetectorAdapter):
         if not 0 <= value <= 1:
             raise ValueError(f"score_threshold must be in [0, 1], got {value}")
         self._score_threshold = float(value)
+
+    @property
+    def max_detections(self) -> int:
+        """Ultralytics' ``max_det``."""
+        return self._max_detections
 
     @property
     def head(self) -> nn.Module:
@@ -370,7 +373,7 @@ class YoloAdapter(DetectorAdapter):
     def _prepare(self, images: Tensor) -> tuple[Tensor, LetterboxGeometry]:
         return letterbox(images, self.imgsz, self.stride)
 
-    def _trace(self, image: Tensor, layer: str | nn.Module | None) -> Trace:
+    def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
         if isinstance(layer, str) and layer in ("fpn", "roi"):
             if layer == "roi":
                 raise LayerError("layer 'roi' needs a two-stage detector, got a YOLO model")
@@ -389,7 +392,7 @@ class YoloAdapter(DetectorAdapter):
                 anchors = anchors[conf[anchors].argsort(descending=True)[:MAX_NMS]]
             boxes = _xywh2xyxy(pred[anchors, :4])
             scores, labels = conf[anchors], labels[anchors]
-            keep = self._candidates_or_nms(boxes, scores, labels, self.iou_threshold, self.max_detections)
+            keep = self.select(boxes, scores, labels, self.iou_threshold, self.max_detections, candidates)
             anchors = anchors[keep]
             offsets = torch.tensor([0, *sizes], device=anchors.device).cumsum(0)
             levels = torch.searchsorted(offsets[1:], anchors, right=True)
@@ -402,20 +405,20 @@ class YoloAdapter(DetectorAdapter):
         else:
             leaves = [captured[-1]] if isinstance(captured[-1], Tensor) else list(captured[-1].values())
         state = {"features": features if layer is None else list(feats), "leaves": leaves, "local": local,
-                 "per_level": layer is None, "max_detections": self.max_detections}
+                 "per_level": layer is None}
         return Trace(dets, geometry, self, state)
 
-    def _candidates_or_nms(self, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
-                           max_detections: int) -> Tensor:
+    def select(self, boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, max_detections: int,
+               candidates: int | None) -> Tensor:
         """As ``non_max_suppression``: classes kept apart by offsetting boxes ``label * 7680`` pixels."""
-        if self.nms is not None:
-            return super()._candidates_or_nms(boxes, scores, labels, iou_threshold, max_detections)
+        if candidates is not None:
+            return super().select(boxes, scores, labels, iou_threshold, max_detections, candidates)
         from torchvision.ops import nms
 
         c = labels[:, None].to(boxes.dtype) * (0 if self.agnostic else MAX_WH)
         return nms(boxes + c, scores, iou_threshold)[:max_detections]
 
-    def _candidates(self, images: Tensor, max_candidates: int) -> Candidates:
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         x, geometry = self._prepare(images)
         y, _, _ = self._forward(x, None)
         probs = y[:, 4:].transpose(1, 2)  # [B, A, L]
@@ -434,9 +437,9 @@ class YoloAdapter(DetectorAdapter):
 
     # -- the differentiable attributes ---------------------------------------------------------------------------
 
-    def _graph(self, trace: Trace, detections: Detections, frozen_norm: bool = False
+    def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                ) -> tuple[Tensor, list[FeatureGroup], Tensor]:
-        st = trace._state
+        st = trace.state
         head, features = self.head, st["features"]
         levels, indices, labels = detections.levels, detections.indices, detections.labels
         if len(levels) and int(levels.max()) >= len(features):

@@ -95,8 +95,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     """Evaluate ``config`` over its dataset; returns the summary, also written to ``out/summary.json``."""
     import odam
     from odam.data import read_dataset
-    from odam.detectors.base import _kept
-    from odam.explainers.odam import ODAM
+    from odam.nms import decide
 
     config.check()
     data = read_dataset(config.data)
@@ -118,7 +117,9 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     # every setting, the data and the models are checked: only now is the folder claimed
     check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")), [journal])
     done = image_rows(journal)
-    explainer = ODAM(detector, frozen_norm=config.frozen_norm)
+    explainer = odam.ODAM(detector.detector, frozen_norm=config.frozen_norm)
+    cap = detector.max_detections
+    max_candidates = config.max_candidates
     todo = [r for r in records if r.id not in done]
     warm = True  # the first image of each process is not timed
     device = torch.device(device)
@@ -133,21 +134,21 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
         image = odam.load_image(record.file)
         row: dict = {"image_id": record.id, "device": str(device), "seconds": {}, "keep": {}}
         started = clock()
-        trace = detector._candidates_trace(image)
+        trace = detector.trace(image, candidates=True, max_candidates=max_candidates)
         cands = trace.detections
         t_trace = clock() - started
         row["candidates"] = _boxes(cands.boxes, cands.scores, cands.labels)
         vectors = None
         if "odam-nms" in config.methods or config.sweep:
             started = clock()
-            vectors = explainer._vectors(trace, cands, config.short_edge)
+            vectors = explainer.vectors(trace, cands, config.short_edge)
             t_maps = clock() - started
         for method in config.methods:
             if method == "feature-nms":
                 continue
             started = clock()
-            keep, scores = _kept(cands, config.suppression(method), vectors, None)
-            keep, scores = keep[: trace._state["max_detections"]], scores[: trace._state["max_detections"]]
+            decided = decide(cands, config.suppression(method), vectors=vectors, max_detections=cap)
+            keep, scores = decided.keep, decided.scores[decided.keep]
             t = clock() - started
             row["seconds"][method] = t_trace + t + (t_maps if method == "odam-nms" else 0.0)
             row["keep"][method] = keep.tolist()
@@ -155,10 +156,8 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
                 row["soft_scores"] = [round(float(s), 6) for s in scores]
         if featurer is not None:
             started = clock()
-            ftrace = featurer._candidates_trace(image)
-            emb = featurer.embeddings(ftrace, ftrace.detections)
-            keep, _ = _kept(ftrace.detections, config.suppression("feature-nms"), None, emb)
-            keep = keep[: ftrace._state["max_detections"]]
+            ftrace = featurer.trace(image, candidates=True, max_candidates=max_candidates)
+            keep = featurer.suppress(ftrace).keep
             row["seconds"]["feature-nms"] = clock() - started
             row["feature_candidates"] = _boxes(ftrace.detections.boxes, ftrace.detections.scores,
                                                ftrace.detections.labels)
@@ -168,8 +167,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
             for lo in SWEEP_LOW:
                 for hi in SWEEP_HIGH:
                     s = replace(config.suppression("odam-nms"), low=lo, high=hi)
-                    keep, _ = _kept(cands, s, vectors, None)
-                    row["sweep"][f"{lo:g},{hi:g}"] = keep[: trace._state["max_detections"]].tolist()
+                    row["sweep"][f"{lo:g},{hi:g}"] = decide(cands, s, vectors=vectors, max_detections=cap).keep.tolist()
         row["timed"] = not warm
         warm = False
         append_row(journal, row)

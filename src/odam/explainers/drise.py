@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
-from odam.detectors.base import Candidates, _iou_with, image_source
+from odam.detectors.base import Candidates, image_source, paired_iou
 from odam.explainers.odam import check_detections
 from odam.structures import Detections, Explanation
 
@@ -151,7 +151,7 @@ class DRISE:
 
     def _ious(self, found: Candidates, boxes: Tensor, labels: Tensor) -> Tensor:
         """``Tensor[B, M, T]``: IoU of each candidate's box for label ``labels[t]`` with ``boxes[t]``."""
-        return _iou_with(found.boxes[:, :, labels], boxes)  # [B, M, T, 4] against [T, 4]
+        return paired_iou(found.boxes[:, :, labels], boxes)  # [B, M, T, 4] against [T, 4]
 
     def _weights(self, found: Candidates, boxes: Tensor, labels: Tensor, reference: Tensor) -> Tensor:
         """``Tensor[B, T]``: each masked image's best similarity to each explained detection."""

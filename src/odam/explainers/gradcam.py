@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from odam.detectors.base import FeatureGroup
-from odam.explainers.odam import _DEFAULT_MEMORY, GradientExplainer
+from odam.explainers.odam import MEMORY_BUDGET, GradientExplainer
 
 #: Grad-CAM++'s guard against a zero denominator (the value of pytorch-grad-cam).
 EPS = 1e-6
@@ -62,7 +62,7 @@ class GradCAM(GradientExplainer):
         rowgrads = self._row_gradients(y, group, members)
         # The pooled weights need the gradient on the whole explained map, not on a window of it.
         per_item = 4 * group.features(group.rows[:1]).numel() * 4
-        chunk = self.batch_size or max(1, min(256, _DEFAULT_MEMORY // per_item))
+        chunk = self.batch_size or max(1, min(256, MEMORY_BUDGET // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
             rows = group.rows[i]

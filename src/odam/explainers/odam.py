@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from odam.detectors import DetectorAdapter, wrap_detector
 from odam.detectors.base import FeatureGroup, Trace, borrowed
+from odam.heatmaps import SHORT_EDGE, heatmap_vectors
 from odam.structures import TARGETS, Detections, Explanation, check_targets
 
 #: ``smoothing="adaptive"``: sigma = max(MIN_SIGMA, ADAPTIVE_RATIO * sqrt(box_w * box_h)), box size in cells
@@ -28,7 +29,8 @@ MIN_SIGMA = 0.5
 
 _GRADIENTS = ("positive", "negative")
 _ACTIVATIONS = ("relu", "none", "abs")
-_DEFAULT_MEMORY = 1 << 30
+#: Bytes of intermediate gradients an explainer holds at once when ``batch_size=None`` picks its chunks.
+MEMORY_BUDGET = 1 << 30
 
 
 class GradientExplainer:
@@ -70,7 +72,7 @@ class GradientExplainer:
             raise RuntimeError(f"{type(self).__name__} needs gradients: call explain() outside torch.inference_mode()")
         # Given detections need no suppression: their trace is the one before it (the same forward pass).
         trace = (self.detector.trace(image, self.layer) if detections is None
-                 else self.detector._candidates_trace(image, self.layer))
+                 else self.detector.trace(image, self.layer, candidates=True))
         dets = trace.detections if detections is None else check_detections(detections, trace.detections.source)
         dets = dets.to(self.detector.device)
         H, W = trace.geometry.original
@@ -91,11 +93,24 @@ class GradientExplainer:
                 if len(members):
                     explain_group(y, group, members, dets.boxes, out)
 
-    def _vectors(self, trace: Trace, dets: Detections, short_edge: int) -> Tensor:
-        """``Tensor[N, D]``: each detection's score map, block-averaged to ``short_edge`` and flattened (what
-        Odam-NMS compares); computed chunk by chunk, never holding all full-size maps at once."""
-        from odam.nms import heatmap_vectors
+    def vectors(self, trace: Trace, detections: Detections, short_edge: int = SHORT_EDGE) -> Tensor:
+        """``Tensor[N, D]``: each detection's score map, block-averaged to ``short_edge`` cells and flattened by
+        :func:`odam.heatmaps.heatmap_vectors` (what Odam-NMS compares); computed chunk by chunk, never holding
+        all full-size maps at once.
 
+        Args:
+            trace: a pass of this explainer's detector on the image (``detector.trace(image)``, or with
+                ``candidates=True`` for the candidates before NMS).
+            detections: detections of that trace, with provenance.
+
+        Example:
+            >>> import torch, odam
+            >>> detector = odam.load_detector("synthcrowd-fcos")
+            >>> trace = detector.trace(torch.rand(3, 60, 80), candidates=True, max_candidates=3)
+            >>> odam.ODAM(detector).vectors(trace, trace.detections).shape
+            torch.Size([3, 3350])
+        """
+        dets = detections
         if torch.is_inference_mode_enabled():
             raise RuntimeError("odam-nms needs gradients: run the detector outside torch.inference_mode()")
         H, W = trace.geometry.original
@@ -195,7 +210,7 @@ class ODAM(GradientExplainer):
         pairs = torch.cartesian_prod(order, torch.arange(t)).to(members.device)
         rowgrads = self._row_gradients(y, group, members)  # rows are independent: one pass serves them all
         per_item = 16 * group.item_numel() * 4
-        chunk = self.batch_size or max(1, min(256, _DEFAULT_MEMORY // per_item))
+        chunk = self.batch_size or max(1, min(256, MEMORY_BUDGET // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
             rows = group.rows[i]

@@ -27,7 +27,6 @@ centred version separates same-object from different-object pairs by a wider gap
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,84 +34,10 @@ from torch import Tensor
 from torchvision.ops import box_iou
 from torchvision.ops import nms as _torchvision_nms
 
-from odam.heatmaps import SHORT_EDGE, correlation, heatmap_vectors, unit_vectors
-
-__all__ = ["METHODS", "SHORT_EDGE", "SOFT_METHODS", "Suppression", "batched_odam_nms", "correlation", "feature_nms",
-           "heatmap_vectors", "nms", "odam_nms", "soft_nms"]
+from odam.heatmaps import unit_vectors
 
 _BLOCK = 64
 SOFT_METHODS = ("gaussian", "linear")
-#: What can replace a detector's own NMS (``odam.load_detector(..., nms=...)``, ``odam explain --nms``).
-METHODS = ("nms", "soft-nms", "feature-nms", "odam-nms")
-_ALIASES = {"odam": "odam-nms", "soft": "soft-nms", "feature": "feature-nms", "featurenms": "feature-nms",
-            "softnms": "soft-nms", "odamnms": "odam-nms"}
-
-
-@dataclass(frozen=True)
-class Suppression:
-    """Which NMS replaces a detector's own, with its settings.
-
-    The detector's candidates before NMS (those above its score threshold, the ``max_candidates`` best) go
-    through ``method`` within each class, and the first ``detections_per_img`` survivors are returned.
-
-    Attributes:
-        method: one of :data:`METHODS`.
-        iou_threshold: ``T_iou`` of ``"nms"`` and ``"odam-nms"``; Soft-NMS's linear threshold.
-        low, high: ``T^l``/``T^h`` of ``"odam-nms"`` (default 0.2/0.8) or the IoU range of ``"feature-nms"``
-            (default 0.1/0.9); ``None`` picks the method's default.
-        distance: ``"feature-nms"``'s embedding distance.
-        sigma, soft_method, soft_threshold: ``"soft-nms"``'s settings.
-        short_edge: ``"odam-nms"``'s heat-map resolution.
-        centred: ``"odam-nms"`` compares maps by Pearson correlation (``True``) or plain cosine.
-        frozen_norm: ``"odam-nms"`` computes the maps with ``ODAM(frozen_norm=...)``: ``True`` (the default)
-            holds FCOS's GroupNorm statistics fixed, which is many times faster on a CPU and approximates the
-            gradients; ``False`` is exact.
-        max_candidates: at most this many candidates (by score) enter the suppression.
-
-    Example:
-        >>> s = Suppression.parse("odam")
-        >>> s.method, s.iou_threshold, s.low, s.high, s.frozen_norm, s.max_candidates
-        ('odam-nms', 0.5, 0.2, 0.8, True, 1000)
-        >>> Suppression.parse("feature-nms").low, Suppression.parse("soft", sigma=0.3).sigma
-        (0.1, 0.3)
-    """
-
-    method: str = "odam-nms"
-    iou_threshold: float = 0.5
-    low: float | None = None
-    high: float | None = None
-    distance: float = 1.0
-    sigma: float = 0.5
-    soft_method: str = "gaussian"
-    soft_threshold: float = 0.05
-    short_edge: int = SHORT_EDGE
-    centred: bool = True
-    frozen_norm: bool = True
-    max_candidates: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown NMS method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.low is None or self.high is None:
-            low, high = (0.1, 0.9) if self.method == "feature-nms" else (0.2, 0.8)
-            object.__setattr__(self, "low", low if self.low is None else self.low)
-            object.__setattr__(self, "high", high if self.high is None else self.high)
-        if self.soft_method not in SOFT_METHODS:
-            raise ValueError(f"soft_method must be one of {SOFT_METHODS}, got {self.soft_method!r}")
-        for name in ("short_edge", "max_candidates"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-    @classmethod
-    def parse(cls, nms: str | Suppression, **settings: float) -> Suppression:
-        """A :class:`Suppression` from a method name (aliases ``"odam"``, ``"soft"``, ``"feature"``) or one."""
-        if isinstance(nms, Suppression):
-            return replace(nms, **settings) if settings else nms
-        if not isinstance(nms, str):
-            raise ValueError(f"nms must be a method name or a Suppression, got {type(nms).__name__}")
-        key = nms.strip().lower().replace("_", "-")
-        return cls(method=_ALIASES.get(key.replace("-", ""), key), **settings)
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
@@ -126,7 +51,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
         [0, 2]
     """
     _check(boxes, scores)
-    order = _order(scores)
+    order = visit_order(scores)
     keep = _torchvision_nms(boxes[order].float(), torch.arange(len(order), 0, -1, device=boxes.device).float(),
                             iou_threshold)
     return order[keep]
@@ -191,7 +116,7 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
         dup = torch.where(iou >= iou_threshold, corr > low, corr > high)
         return dup if idxs is None else dup & (idxs[rows][:, None] == idxs[cols][None])
 
-    return _greedy(_order(scores), duplicate)
+    return _greedy(visit_order(scores), duplicate)
 
 
 def feature_nms(boxes: Tensor, scores: Tensor, embeddings: Tensor, low: float = 0.1, high: float = 0.9,
@@ -225,7 +150,7 @@ def feature_nms(boxes: Tensor, scores: Tensor, embeddings: Tensor, low: float = 
         near = torch.cdist(e[rows], e[cols]) <= distance
         return (iou > high) | ((iou >= low) & near)
 
-    return _greedy(_order(scores), duplicate)
+    return _greedy(visit_order(scores), duplicate)
 
 
 def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold: float = 0.05,
@@ -247,6 +172,15 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold:
         >>> keep.tolist(), [round(s, 4) for s in decayed.tolist()]
         ([0, 1, 2], [0.9, 0.4852, 0.3])
     """
+    keep, decayed, _, _ = soft_nms_record(boxes, scores, sigma, score_threshold, method, iou_threshold)
+    return keep, decayed
+
+
+def soft_nms_record(boxes: Tensor, scores: Tensor, sigma: float, score_threshold: float, method: str,
+                    iou_threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`soft_nms`, and per candidate (``Tensor[N]`` each) the kept box whose decay dropped it below
+    ``score_threshold`` (-1 if none did) and its final score (decayed; its last score above the threshold if it
+    was dropped)."""
     _check(boxes, scores)
     if method not in SOFT_METHODS:
         raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
@@ -255,6 +189,7 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold:
     b = boxes.float()
     current = scores.float().clone()
     alive = current >= score_threshold
+    dropped_by = torch.full_like(scores, -1, dtype=torch.int64)
     keep, decayed = [], []
     while bool(alive.any()):
         masked = torch.where(alive, current, torch.full_like(current, -float("inf")))
@@ -267,11 +202,14 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold:
             weight = torch.exp(-(iou * iou) / sigma)
         else:
             weight = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
-        current = torch.where(alive, current * weight, current)
-        alive &= current >= score_threshold
+        new = torch.where(alive, current * weight, current)
+        dropped = alive & (new < score_threshold)
+        dropped_by[dropped] = i
+        current = torch.where(dropped, current, new)  # a dropped box keeps its last score above the threshold
+        alive &= ~dropped
     index = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     values = torch.stack(decayed).to(scores.dtype) if decayed else scores.new_zeros(0)
-    return index, values
+    return index, values, dropped_by, current.to(scores.dtype)
 
 
 def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None = None) -> None:
@@ -283,7 +221,7 @@ def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None = None) -> None:
         raise ValueError(f"expected idxs of shape [{len(boxes)}], got {tuple(idxs.shape)}")
 
 
-def _order(scores: Tensor) -> Tensor:
+def visit_order(scores: Tensor) -> Tensor:
     """Indices by descending score, equal scores in index order."""
     return torch.sort(scores, descending=True, stable=True).indices
 
