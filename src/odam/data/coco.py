@@ -45,7 +45,7 @@ from odam.data.checks import (
     rounded,
     show,
 )
-from odam.data.dataset import RLE, Dataset, ImageRecord
+from odam.data.dataset import RLE, Dataset, ImageRecord, clip_to_image
 
 #: How far (pixels) a COCO ``bbox`` may differ from its ``amodal_bbox`` clipped to the image (the writers round
 #: ``[x, y, w, h]`` to 2 decimals).
@@ -235,7 +235,7 @@ def _full_box(ann: dict, width: int, height: int, name: str, place: str) -> tupl
     if "amodal_bbox" not in ann:
         return bbox
     full = read_box(ann, "amodal_bbox", width, height, name, place, inside=True)
-    clipped = (max(full[0], 0.0), max(full[1], 0.0), min(full[2], width), min(full[3], height))
+    clipped = clip_to_image(np.array([full], np.float32), width, height)[0].tolist()
     if max(abs(a - b) for a, b in zip(clipped, bbox, strict=True)) > CLIP_TOLERANCE:
         raise fail(name, place, f"bbox {show(ann['bbox'])} is not amodal_bbox {show(ann['amodal_bbox'])} "
                                  f"clipped to the {width}x{height} image")

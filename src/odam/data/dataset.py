@@ -21,6 +21,19 @@ from odam import _image
 RLE = dict[str, Any]
 
 
+def clip_to_image(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``float32 [N, 4]``: ``xyxy`` boxes clipped to a ``width x height`` image (``0 <= x <= width``,
+    ``0 <= y <= height``); a new array. What :attr:`ImageRecord.clipped_boxes` is, for boxes not yet in a record.
+
+    Example:
+        >>> clip_to_image(np.array([[-4, 5, 16, 55]]), 64, 48).tolist()
+        [[0.0, 5.0, 16.0, 48.0]]
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    limit = np.array([width, height, width, height], np.float32)
+    return np.clip(boxes, np.float32(0), limit)
+
+
 class DatasetError(ValueError):
     """A dataset file that cannot be read; the message is one line naming the file, the place and the problem."""
 
@@ -35,8 +48,9 @@ class ImageRecord:
         width, height: image size in pixels.
         boxes: ``float32 [N, 4]`` numpy array: the full (amodal) box of each object, ``xyxy``. It may extend
             past the image border (a person cut off by the border keeps their whole body's box, as CrowdHuman's
-            ``fbox``); :attr:`clipped_boxes` is the same box clipped to the image, as COCO's ``bbox``: the one
-            place odam clips ground truth (:meth:`clipped_boxes_tensor` is it as a tensor).
+            ``fbox``); :attr:`clipped_boxes` (:meth:`clipped_boxes_tensor` as a tensor) is the same box clipped
+            to the image, as COCO's ``bbox``. odam clips ground truth there and nowhere else
+            (:func:`clip_to_image`).
         labels: ``int64 [N]``: 1-based category index.
         ignore: ``bool [N]``: objects to ignore in training and evaluation (COCO ``iscrowd``, odgt
             ``extra.ignore``).
@@ -78,9 +92,7 @@ class ImageRecord:
             >>> rec.clipped_boxes.tolist()
             [[0.0, 5.0, 16.0, 48.0]]
         """
-        boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
-        limit = np.array([self.width, self.height, self.width, self.height], np.float32)
-        return np.clip(boxes, np.float32(0), limit)
+        return clip_to_image(self.boxes, self.width, self.height)
 
     def clipped_boxes_tensor(self, device: torch.device | str | None = None) -> Tensor:
         """``Tensor[N, 4]`` float32 on ``device`` (default CPU): :attr:`clipped_boxes` as a new tensor.
