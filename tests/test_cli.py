@@ -248,14 +248,15 @@ def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:
 def test_ctrl_c_is_one_line_and_exit_130(argv: list[str], capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Each command, interrupted once it has started (a real Ctrl-C during explain: test_resume)."""
-    import odam.cli
+    import odam.cli.common
     import odam.data
     import odam.data.synthcrowd
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    for module, name in ((odam.cli, "_device"), (odam.data.synthcrowd, "generate"), (odam.data, "read_dataset")):
+    for module, name in ((odam.cli.common, "device"), (odam.data.synthcrowd, "generate"),
+                         (odam.data, "read_dataset")):
         monkeypatch.setattr(module, name, interrupted)
     assert main(argv) == 130
     out, err = capsys.readouterr()
