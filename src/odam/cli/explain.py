@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     detector = odam.load_detector(args.model, weights=args.weights, nms=args.nms)
     configure(detector.model, score_threshold=args.score_threshold, max_detections=args.max_detections,
               min_size=args.min_size, max_size=args.max_size)
-    _check_layer(detector.model, args.layer)
+    try:  # fail before any image, naming the option
+        detector.check_layer(args.layer)
+    except LayerError as err:
+        raise LayerError(f"--layer {args.layer!r}: {err}") from err
     detector.model.to(device)
     failed = explain_images(detector, args.images, args.out, spec=args.model, targets=targets, layer=args.layer,
                             save_maps=args.save_maps, class_names=detector.categories, debug=args.debug,
@@ -185,24 +188,6 @@ def _pixels(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive number of pixels, got {value}")
     return value
-
-
-def _check_layer(model: nn.Module, layer: str | None) -> None:
-    """Fail before any image for a ``--layer`` the model does not have."""
-    if layer in (None, "fpn"):
-        return
-    if layer == "ssh":
-        if type(model).__name__ != "RetinaFace":
-            raise ValueError(f"--layer ssh needs retinaface, got {type(model).__name__}")
-        return
-    if layer == "roi":
-        if not hasattr(model, "roi_heads"):
-            raise ValueError(f"--layer roi needs a two-stage detector, got {type(model).__name__}")
-        return
-    try:
-        model.get_submodule(layer)
-    except AttributeError:
-        raise ValueError(f"--layer {layer!r}: the model has no module of that name") from None
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
