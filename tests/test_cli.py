@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import odam
+import odam.metrics
 from odam.cli import main, map_stats
 from odam.models import configure, create_model, save_checkpoint
 
@@ -147,6 +148,10 @@ def test_map_stats_by_hand() -> None:
     assert map_stats(m, torch.tensor([-10.0, -10.0, 100.0, 100.0]))["energy_in_box"] == 1.0  # clipped
     assert map_stats(m, torch.tensor([0.0, 0.0, 0.0, 0.0]))["energy_in_box"] == 0.0  # empty box
     assert map_stats(torch.zeros(3, 3), torch.tensor([0.0, 0.0, 3.0, 3.0]))["energy_in_box"] == 0.0
+    # The share is the library's metric on the box rounded to whole pixels, not a second definition.
+    heat, box = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)), torch.tensor([1.4, 0.6, 5.5, 3.2])
+    expected = odam.metrics.energy_pointing_game(heat, torch.tensor([1.0, 1.0, 6.0, 3.0])).share
+    assert map_stats(heat, box)["energy_in_box"] == expected
 
 
 def test_explain_from_checkpoint(images: dict[str, Path], tmp_path: Path,

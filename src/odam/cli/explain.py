@@ -20,6 +20,7 @@ from odam._image import MAX_PIXELS
 from odam.cli import common
 from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR, one_line, report_error
 from odam.detectors.base import LayerError
+from odam.metrics import energy_pointing_game
 from odam.models import BUNDLED, configure
 from odam.structures import check_targets
 from odam.viz import explanations_html, save_panel
@@ -158,26 +159,21 @@ def _write_image(out: Path, path: str, stem: str, image: Tensor, explanation: od
 
 
 def map_stats(heatmap: Tensor, box: Tensor) -> dict[str, Any]:
-    """Peak ``(x, y)``, maximum and the share of the map's sum inside ``box`` of one ``Tensor[H, W]`` map.
+    """Peak ``(x, y)`` and maximum of one ``Tensor[H, W]`` map, and the share of its energy inside ``box``.
 
-    The box ``(x1, y1, x2, y2)`` is rounded to whole pixels and clipped to the map; the share is 0 for a map
-    that sums to zero.
+    The share is :func:`odam.metrics.energy_pointing_game` of the box ``(x1, y1, x2, y2)`` rounded to whole pixels,
+    so exactly the pixels ``x1 <= x < x2``, ``y1 <= y < y2`` of the map count; it is 0 for a map with no energy.
 
     Example:
         >>> m = torch.zeros(4, 6); m[1, 2] = 3.0; m[3, 5] = 1.0
         >>> map_stats(m, torch.tensor([1.6, 0.4, 3.2, 2.0]))
         {'peak': [2, 1], 'max': 3.0, 'energy_in_box': 0.75}
     """
-    h, w = heatmap.shape
+    w = heatmap.shape[1]
     flat = int(heatmap.argmax())
-    x1, y1, x2, y2 = (round(float(v)) for v in box)
-    x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
-    y1, y2 = min(max(y1, 0), h), min(max(y2, 0), h)
-    values = heatmap.double()
-    total = float(values.sum())
-    inside = float(values[y1:y2, x1:x2].sum())
+    whole = torch.tensor([float(round(float(v))) for v in box], dtype=torch.float64)
     return {"peak": [flat % w, flat // w], "max": float(heatmap.max()),
-            "energy_in_box": inside / total if total != 0 else 0.0}
+            "energy_in_box": energy_pointing_game(heatmap, whole).share}
 
 
 def _pixels(text: str) -> int:
