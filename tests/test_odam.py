@@ -308,7 +308,7 @@ def test_combined_is_max_of_normalised_maps() -> None:
 
 def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     # A larger image, so RoIs cover a small part of their level and the windows are strictly smaller.
-    from odam.detectors.torchvision import RoILevelGroup
+    from odam.detectors.groups import RoILevelGroup
 
     model = build("fasterrcnn_resnet50_fpn", detections=6, min_size=320, max_size=400)
     image = torch.rand(3, 240, 300, generator=torch.Generator().manual_seed(5))
@@ -316,7 +316,7 @@ def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPa
     adjoint = RoILevelGroup._adjoint
 
     def spy(self, grads, rows, origin, size):  # noqa: ANN001, ANN202
-        sizes.append((size, tuple(self._explained.shape[-2:])))
+        sizes.append((size, tuple(self.explained.shape[-2:])))
         return adjoint(self, grads, rows, origin, size)
 
     monkeypatch.setattr(RoILevelGroup, "_adjoint", spy)
@@ -332,7 +332,7 @@ def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPa
 def test_local_head_crops_equal_the_whole_map() -> None:
     # RetinaNet's head has no normalisation across positions, so each detection is explained from a crop of
     # its level (11x11 cells, clipped at the border); the reference differentiates the whole FPN output.
-    from odam.detectors.torchvision import CropGroup
+    from odam.detectors.groups import CropGroup
 
     model = build("retinanet_resnet50_fpn", detections=12, min_size=160, max_size=200)
     image = torch.rand(3, 120, 150, generator=torch.Generator().manual_seed(7))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import odam
 from odam import TARGETS
 from odam.detectors.base import MapGroup, Trace, Windows
-from odam.detectors.torchvision import CropGroup
+from odam.detectors.groups import CropGroup
 from odam.detectors.yolo import (
     UnsupportedModelError,
     YoloAdapter,

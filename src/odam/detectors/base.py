@@ -127,14 +127,15 @@ class MapGroup(FeatureGroup):
         self.rows = rows
         self.rowwise = rowwise
         self.geometry = geometry
-        self._explained = input if explained is None else explained
-        h, w = self._explained.shape[-2:]
+        #: the explained map ``A`` (``Tensor[1, C, h, w]``); ``input`` unless another is given
+        self.explained = input if explained is None else explained
+        h, w = self.explained.shape[-2:]
         self.stride = (_infer_stride(geometry.padded[0], h), _infer_stride(geometry.padded[1], w))
         cy, cx = (centre, centre) if isinstance(centre, int | float) else centre
         self.centre = (float(cy), float(cx))
 
     def features(self, rows: Tensor) -> Tensor:
-        return self._explained.detach()[:1]
+        return self.explained.detach()[:1]
 
     def cells(self, boxes: Tensor, rows: Tensor) -> Tensor:
         b = self.geometry.to_model(boxes)

@@ -46,7 +46,7 @@ from odam.detectors.base import (
     leaf_hook,
     resolve_layer,
 )
-from odam.detectors.torchvision import _leaf_groups
+from odam.detectors.groups import leaf_groups
 from odam.structures import Detections
 
 EXTRA = "pip install 'odam[retinaface]'"
@@ -390,7 +390,7 @@ class RetinaFaceAdapter(DetectorAdapter):
                 y = st["ssh"][0].new_zeros(0, 5)
         # FPN and SSH maps are centred as body_centres() says; a module of the body chosen as ``layer`` ("") at 0.
         centres = {str(k): (c, c) for k, c in enumerate(body_centres())}
-        groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, [str(k) for k in range(len(STEPS))],
+        groups, group_of = leaf_groups(st["leaves"], levels, trace.geometry, [str(k) for k in range(len(STEPS))],
                                         centres)
         return y, groups, group_of
 

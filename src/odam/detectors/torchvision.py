@@ -8,7 +8,7 @@ and feature level it came from. ``detect`` therefore returns exactly what the mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -35,12 +35,12 @@ from odam.detectors.base import (
     FeatureGroup,
     Geometry,
     LayerError,
-    MapGroup,
     Trace,
     Windows,
     leaf_hook,
     resolve_layer,
 )
+from odam.detectors.groups import CropGroup, RoIGroup, RoILevelGroup, leaf_groups, receptive_radius
 from odam.structures import Detections
 
 _LOCAL_HEADS = (RetinaNetHead, RetinaNetClassificationHead, RetinaNetRegressionHead, FCOSHead, FCOSClassificationHead,
@@ -152,27 +152,6 @@ def _layer_centres(model: nn.Module, feats: dict[str, Tensor], leaves: dict[str,
         if module is block or any(module is m for m in block.modules()):
             return dict.fromkeys(leaves, levels[list(levels)[k]])
     return dict.fromkeys(leaves, (0.0, 0.0))
-
-
-def _leaf_groups(leaves: dict[str, Tensor], levels: Tensor, geometry: Geometry, level_names: list[str],
-                 centres: dict[str, tuple[float, float]] | None = None) -> tuple[list[FeatureGroup], Tensor]:
-    """One :class:`MapGroup` per leaf, centred as ``centres`` says (by leaf name; ``0`` by default). With one leaf
-    per level, each detection goes to its own level's leaf."""
-    centres = centres or {}
-    if len(leaves) == 1:
-        chosen, group_of = list(leaves.items()), torch.zeros_like(levels)
-    elif all(n in leaves for n in level_names):
-        chosen, group_of = [(n, leaves[n]) for n in level_names], levels.clone()
-    else:
-        raise LayerError(
-            f"the chosen layer returns maps {sorted(leaves)} but the detector's levels are {level_names};"
-            " pick a module that returns one tensor or one map per level"
-        )
-    groups: list[FeatureGroup] = []
-    for g, (name, leaf) in enumerate(chosen):
-        rows = torch.zeros(int((group_of == g).sum()), dtype=torch.int64, device=levels.device)
-        groups.append(MapGroup(leaf, rows, geometry, centre=centres.get(name, 0.0)))
-    return groups, group_of
 
 
 class OneStageAdapter(DetectorAdapter):
@@ -300,7 +279,7 @@ class OneStageAdapter(DetectorAdapter):
             order = torch.cat([r[0] for r in rows])
             y = torch.cat([r[1] for r in rows])[torch.argsort(order)]
         if radius is None:
-            groups, group_of = _leaf_groups(st["leaves"], levels, trace.geometry, st["names"], st["centres"])
+            groups, group_of = leaf_groups(st["leaves"], levels, trace.geometry, st["names"], st["centres"])
         return y, groups, group_of
 
     def embed(self, trace: Trace, detections: Detections) -> Tensor:
@@ -370,20 +349,14 @@ class OneStageAdapter(DetectorAdapter):
         local = _LOCAL_LAYERS + ((nn.GroupNorm,) if frozen_norm else ())
         radius = 0
         for branch in (head.classification_head, head.regression_head):
-            leaves = [m for m in branch.modules() if not list(m.children())]
-            if type(branch) not in _LOCAL_HEADS or not all(isinstance(m, local) for m in leaves):
+            if type(branch) not in _LOCAL_HEADS:
                 return None
-            reach = {}
-            for name, conv in branch.named_modules():
-                if isinstance(conv, nn.Conv2d):
-                    k, d, p = conv.kernel_size, conv.dilation, conv.padding
-                    if conv.stride != (1, 1) or any(ki % 2 == 0 or pi != di * (ki - 1) // 2
-                                                    for ki, di, pi in zip(k, d, p, strict=True)):
-                        return None
-                    reach[name] = max(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
-            # The tower ("conv") is a chain; the output convolutions sit side by side on top of it.
-            tower = sum(r for name, r in reach.items() if name.startswith("conv."))
-            radius = max(radius, tower + max((r for name, r in reach.items() if "." not in name), default=0))
+            # The tower ("conv", a chain) runs first; the output convolutions sit side by side on top of it.
+            tower = receptive_radius([m for m in branch.conv.modules() if not list(m.children())], local)
+            outputs = [receptive_radius([m], ()) for m in branch.children() if m is not branch.conv]
+            if tower is None or None in outputs:
+                return None
+            radius = max(radius, tower + max(outputs, default=0))
         return radius
 
 
@@ -433,124 +406,6 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
 
                 undo.callback(_patch(m, "forward", forward))
         yield
-
-
-class CropGroup(MapGroup):
-    """Crops of one FPN level around one-stage detections (see ``OneStageAdapter._crops``), one per row."""
-
-    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, windows: Windows,
-                 centre: float | tuple[float, float] = 0.0) -> None:
-        super().__init__(input, rows, geometry, explained=level_map, rowwise=True, centre=centre)
-        self.windows = windows
-
-    def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
-        return self.windows[rows].scatter(grads)
-
-    def item_numel(self) -> int:
-        return self.input[0].numel() * 9
-
-    def weighted(self, grads: Tensor, rows: Tensor, smooth: Callable[[Tensor], Tensor] | None, radius: int
-                 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        # The gradient is zero outside the crop, and smoothing spreads it by ``radius``.
-        crops = self.windows[rows]
-        size = torch.tensor(crops.size, device=crops.origin.device)
-        win = Windows.covering(crops.origin - radius, crops.origin + size + radius, crops.grid)
-        g = Windows(crops.origin - win.origin, crops.size, win.size).scatter(grads)
-        if smooth is not None:
-            g = smooth(g)
-        maps = (g * win.gather(self._explained.detach())).sum(1)
-        return maps, lambda m: self.to_image(win.scatter(m), rows)
-
-
-class RoIGroup(FeatureGroup):
-    """RoI-pooled features ``[K, C, 7, 7]``, one row per detection, explained on their own grid.
-
-    Maps are pasted into the proposal box the features were pooled from, shifted by the level's cell centre
-    ``c``: torchvision's RoIAlign (``aligned=False``) samples the level at cell coordinate ``x / s`` for a
-    proposal coordinate ``x``, and cell ``u`` of the level is centred on model-input pixel ``u * s + c``
-    (:class:`MapGroup`), so a bin reads the image at pixel ``x + c``.
-
-    Args:
-        centre: ``(c_y, c_x)`` of the level each proposal was pooled from (``Tensor[K, 2]``) or of all of them.
-    """
-
-    rowwise = True
-
-    def __init__(self, input: Tensor, rows: Tensor, proposals: Tensor, geometry: Geometry,
-                 centre: float | tuple[float, float] = 0.0) -> None:
-        self.input, self.rows, self.geometry = input, rows, geometry
-        cy, cx = (centre, centre) if isinstance(centre, int | float) else centre
-        self.centre = (float(cy), float(cx))
-        self.proposals = proposals + proposals.new_tensor([cx, cy, cx, cy])
-
-    def features(self, rows: Tensor) -> Tensor:
-        return self.input.detach()[rows]
-
-    def cells(self, boxes: Tensor, rows: Tensor) -> Tensor:
-        return torch.full((len(rows),), float(self.input.shape[-1]), device=boxes.device)
-
-    def to_image(self, maps: Tensor, rows: Tensor) -> Tensor:
-        box = self.proposals[rows].to(maps.dtype)  # model-input pixels
-        ys, xs = self.geometry.input_pixels(maps.device, maps.dtype)
-        gx = 2 * (xs[None] - box[:, 0:1]) / (box[:, 2:3] - box[:, 0:1]).clamp_min(1e-6) - 1  # [B, W]
-        gy = 2 * (ys[None] - box[:, 1:2]) / (box[:, 3:4] - box[:, 1:2]).clamp_min(1e-6) - 1  # [B, H]
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        return torch.nn.functional.grid_sample(maps[:, None], grid, mode="bilinear", padding_mode="zeros",
-                                               align_corners=False)[:, 0]
-
-
-class RoILevelGroup(MapGroup):
-    """RoI-pooled rows of one FPN level, explained on that level's map through the adjoint of RoIAlign."""
-
-    def __init__(self, input: Tensor, rows: Tensor, geometry: Geometry, level_map: Tensor, rois: Tensor,
-                 spatial_scale: float, sampling_ratio: int, centre: float | tuple[float, float] = 0.0) -> None:
-        super().__init__(input, rows, geometry, explained=level_map, rowwise=True, centre=centre)
-        self.rois, self.spatial_scale, self.sampling_ratio = rois, spatial_scale, sampling_ratio
-
-    def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
-        zero = torch.zeros(len(rows), 2, dtype=torch.int64, device=grads.device)
-        return self._adjoint(grads, rows, zero, tuple(self._explained.shape[-2:]))
-
-    def _adjoint(self, grads: Tensor, rows: Tensor, origin: Tensor, size: tuple[int, int]) -> Tensor:
-        """RoIAlign's adjoint onto windows of ``size`` cells whose top-left cells are ``origin`` (``[B, 2]``)."""
-        rois = self.rois[rows].clone()
-        rois[:, 0] = torch.arange(len(rows), dtype=rois.dtype, device=rois.device)
-        shift = origin.flip(1).to(rois.dtype) / self.spatial_scale  # (x, y) in model-input pixels
-        rois[:, 1:] -= shift.repeat(1, 2)
-        ph, pw = grads.shape[-2:]
-        return torch.ops.torchvision._roi_align_backward(
-            grads.contiguous(), rois, self.spatial_scale, ph, pw, len(rows), grads.shape[1], size[0], size[1],
-            self.sampling_ratio, False,
-        )
-
-    def item_numel(self) -> int:
-        extent = (self.rois[:, 3:] - self.rois[:, 1:3]) * self.spatial_scale
-        area = float(((extent + 4) * (1 + 2 * 0.375)).prod(1).mean()) if len(extent) else 1.0  # 3 sigma margins
-        return int(self._explained.shape[1] * min(area, self._explained.shape[-2] * self._explained.shape[-1]))
-
-    def weighted(self, grads: Tensor, rows: Tensor, smooth: Callable[[Tensor], Tensor] | None, radius: int
-                 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        # 1. The adjoint of RoIAlign is zero outside the RoI's cells (plus one for bilinear sampling), and
-        #    smoothing spreads it by ``radius``: work on a window that holds both. Windows are clipped to the
-        #    map, so RoIAlign's clamping at the border is unchanged; elsewhere the window leaves a margin.
-        # 2. RoIAlign applies the same spatial weights w(bin, q) to every channel, so with G = dY/dX:
-        #    sum_c Phi(adj(G)_c)(q) A_c(q) = sum_bin Phi(w(bin, .))(q) * sum_c G_c(bin) A_c(q).
-        #    Smoothing then acts on 49 bin maps instead of 256 channels, and the rest is one matrix product.
-        level = self._explained.detach()
-        b, c, ph, pw = grads.shape
-        box = self.rois[rows, 1:] * self.spatial_scale
-        extent = (box[:, 2:] - box[:, :2]).clamp_min(1.0)
-        lo = torch.floor(box[:, [1, 0]]) - 1 - radius  # (y, x)
-        hi = torch.floor(box[:, [1, 0]] + extent[:, [1, 0]]) + 3 + radius
-        win = Windows.covering(lo, hi, tuple(level.shape[-2:]))
-        bins = torch.eye(ph * pw, dtype=grads.dtype, device=grads.device).view(1, ph * pw, ph, pw)
-        spread = self._adjoint(bins.expand(b, -1, -1, -1), rows, win.origin, win.size)  # [B, bins, wh, ww]
-        if smooth is not None:
-            spread = smooth(spread)
-        a = win.gather(level)  # [B, C, wh, ww]
-        mixed = torch.bmm(grads.reshape(b, c, ph * pw).transpose(1, 2), a.flatten(2))
-        maps = (spread.flatten(2) * mixed).sum(1).view(b, *win.size)
-        return maps, lambda m: self.to_image(win.scatter(m), rows)
 
 
 class TwoStageAdapter(DetectorAdapter):
@@ -651,7 +506,7 @@ class TwoStageAdapter(DetectorAdapter):
         with torch.enable_grad():
             if st["mode"] == "module":
                 x = pool(st["features"], [props], st["image_sizes"])
-                groups, group_of = _leaf_groups(st["leaves"], levels, geometry, names, st["centres"])
+                groups, group_of = leaf_groups(st["leaves"], levels, geometry, names, st["centres"])
             else:
                 # Pool each RoI from its level without a graph: the pooled rows are the leaves, and since
                 # the box head treats rows independently one backward pass serves every detection.

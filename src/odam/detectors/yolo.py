@@ -56,14 +56,9 @@ open no socket (tested in a fresh interpreter with every socket operation blocke
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -81,8 +76,12 @@ from odam.detectors.base import (
     leaf_hook,
     resolve_layer,
 )
-from odam.detectors.torchvision import CropGroup
+from odam.detectors.groups import CropGroup, receptive_radius
+from odam.detectors.ultralytics_env import from_yaml, import_ultralytics
 from odam.structures import Detections
+
+__all__ = ["MAX_NMS", "MAX_WH", "PAD_VALUE", "LetterboxGeometry", "UnsupportedModelError", "YoloAdapter", "from_yaml",
+           "import_ultralytics", "letterbox", "neck_centres"]
 
 #: ``non_max_suppression``'s per-class box offset (``max_wh``) and candidate cap (``max_nms``).
 MAX_WH = 7680
@@ -90,8 +89,6 @@ MAX_NMS = 30000
 #: The padding value of ``LetterBox`` (114 of 255).
 PAD_VALUE = 114 / 255
 
-_ENVIRONMENT = ("YOLO_OFFLINE", "YOLO_CONFIG_DIR")
-_config_dir: tempfile.TemporaryDirectory | None = None  # removed at interpreter exit
 # Layers that act on each position alone, and the Ultralytics wrappers that chain them.
 _POINTWISE = (nn.BatchNorm2d, nn.Identity, nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid,
               nn.GELU, nn.Mish, nn.Sigmoid, nn.Tanh)
@@ -100,77 +97,6 @@ _CHAINS = {("ultralytics.nn.modules.conv", "Conv"), ("ultralytics.nn.modules.con
 
 class UnsupportedModelError(TypeError, ValueError):
     """An Ultralytics model whose head odam cannot explain (segmentation, pose, OBB, end-to-end, ...)."""
-
-
-def import_ultralytics() -> ModuleType:
-    """Import ``ultralytics`` without network access and without writing the user's settings file.
-
-    On first import, Ultralytics resolves two host names to decide whether it is online (which enables its
-    analytics and error reports) and creates or migrates ``settings.json`` in the user's config directory. For
-    that import only, this sets ``YOLO_OFFLINE=1`` and points ``YOLO_CONFIG_DIR`` at a private temporary
-    directory (removed at exit), unless the caller has set either; the environment is restored afterwards.
-    Ultralytics reads both only while it is imported. Already imported, it is returned as it is.
-
-    Importing ultralytics has effects of its own on the process, which odam cannot undo: it replaces
-    ``torch.save`` by a retrying wrapper, sets ``cv2.setNumThreads(0)``, torch and numpy print options and
-    warning filters for some third-party warnings.
-    """
-    if "ultralytics" in sys.modules:
-        return sys.modules["ultralytics"]
-    global _config_dir
-    saved = {k: os.environ.get(k) for k in _ENVIRONMENT}
-    try:
-        os.environ.setdefault("YOLO_OFFLINE", "1")
-        if "YOLO_CONFIG_DIR" not in os.environ:
-            if _config_dir is None:
-                _config_dir = tempfile.TemporaryDirectory(prefix="odam-ultralytics-")
-            os.environ["YOLO_CONFIG_DIR"] = _config_dir.name
-        with _quiet():  # "Creating new Ultralytics Settings file" (in that temporary directory)
-            import ultralytics
-    except ImportError as err:
-        raise ImportError(f"odam's YOLO support needs Ultralytics (AGPL-3.0), which failed to import: {err}") from err
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return ultralytics
-
-
-def from_yaml(cfg: str, nc: int | None = None) -> nn.Module:
-    """A randomly initialised Ultralytics ``DetectionModel`` from a model YAML, in eval mode; nothing downloaded.
-
-    Args:
-        cfg: a YAML packaged with Ultralytics (``"yolov8n.yaml"``, ``"yolo11n.yaml"``, the scale letter picks the
-            size) or a path to one.
-        nc: number of classes; ``None`` keeps the YAML's (80).
-
-    Example:
-        >>> model = from_yaml("yolo11n.yaml", nc=3)
-        >>> type(model).__name__, model.model[-1].nc, model.stride.tolist()
-        ('DetectionModel', 3, [8.0, 16.0, 32.0])
-    """
-    import_ultralytics()
-    from ultralytics.nn.tasks import DetectionModel
-
-    with _quiet():  # "Overriding model.yaml nc=80 with nc=3"
-        return DetectionModel(cfg, nc=nc, verbose=False).eval()
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Inside the block, Ultralytics' logger drops its INFO messages (warnings and errors still show)."""
-    logger = logging.getLogger("ultralytics")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 @dataclass(frozen=True)
@@ -542,29 +468,18 @@ class YoloAdapter(DetectorAdapter):
         head = self.head
         radius = 0
         for branch in (*head.cv2, *head.cv3):
-            reach = 0
+            chain = []
             for m in branch.modules():
                 if isinstance(m, nn.Sequential) or (type(m).__module__, type(m).__name__) in _CHAINS:
                     continue
-                if isinstance(m, nn.Conv2d):
-                    r = _conv_reach(m)
-                    if r is None:
-                        return None
-                    reach += r
-                elif not isinstance(m, _POINTWISE) or list(m.children()):
+                if list(m.children()):
                     return None
+                chain.append(m)
+            reach = receptive_radius(chain, _POINTWISE)
+            if reach is None:
+                return None
             radius = max(radius, reach)
         return radius
-
-
-def _conv_reach(conv: nn.Conv2d) -> int | None:
-    """Cells a stride-1 "same" convolution sees on each side, or ``None`` for any other convolution."""
-    k, d, p = conv.kernel_size, conv.dilation, conv.padding
-    if conv.stride != (1, 1) or conv.padding_mode != "zeros" or isinstance(p, str):
-        return None
-    if any(ki % 2 == 0 or pi != di * (ki - 1) // 2 for ki, di, pi in zip(k, d, p, strict=True)):
-        return None
-    return max(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True))
 
 
 def _xywh2xyxy(x: Tensor) -> Tensor:
