@@ -41,6 +41,7 @@ from torchvision.models.detection import FCOS, FasterRCNN
 from torchvision.ops import box_iou
 
 from odam._patching import patch as _patch
+from odam.detectors.groups import conv_reach
 from odam.losses import NEGATIVES, odam_train_loss
 
 
@@ -327,11 +328,12 @@ def _fcos_radius(model: FCOS) -> int:
 
 
 def _conv_reach(conv: nn.Conv2d) -> int:
-    k, p = conv.kernel_size, conv.padding
-    if conv.stride != (1, 1) or conv.dilation != (1, 1) or k[0] != k[1] or k[0] % 2 == 0 or p != ((k[0] - 1) // 2,) * 2:
+    """:func:`odam.detectors.groups.conv_reach`, for the square, undilated kernels that :func:`_valid` reruns."""
+    reach = conv_reach(conv)
+    if reach is None or conv.dilation != (1, 1) or conv.kernel_size[0] != conv.kernel_size[1]:
         raise ValueError(f"Odam-Train for FCOS needs stride-1 'same' convolutions with odd square kernels in the "
                          f"head, got {conv}")
-    return p[0]
+    return reach
 
 
 def _valid(conv: nn.Conv2d, x: Tensor) -> Tensor:
