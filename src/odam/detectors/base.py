@@ -331,14 +331,20 @@ class DetectorAdapter(abc.ABC):
         Example:
             >>> import torchvision, odam
             >>> model = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None)
-            >>> odam.wrap_detector(model).check_layer("backbone.body.layer5")
+            >>> odam.wrap_detector(model).check_layer("neck")
             Traceback (most recent call last):
             ...
-            odam.detectors.base.LayerError: model has no module named 'backbone.body.layer5'
+            odam.detectors.base.LayerError: model has no module named 'neck'; OneStageAdapter also takes 'fpn'
         """
         if layer is None or (isinstance(layer, str) and layer in self.named_layers):
             return
-        resolve_layer(self.model, layer)
+        try:
+            resolve_layer(self.model, layer)
+        except LayerError as err:
+            if not self.named_layers:
+                raise
+            raise LayerError(f"{err}; {type(self).__name__} also takes {', '.join(map(repr, self.named_layers))}"
+                             ) from None
 
     @property
     def device(self) -> torch.device:

@@ -204,6 +204,8 @@ class YoloAdapter(DetectorAdapter):
         torch.Size([2, 96, 120])
     """
 
+    named_layers = ("fpn",)  # the neck maps feeding the head: the default
+
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
                  *, score_threshold: float = 0.25,
                  iou_threshold: float = 0.7, max_detections: int = 300, imgsz: int | tuple[int, int] = 640,
