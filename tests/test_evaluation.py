@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from odam.cli import main
-from odam.data.dataset import ImageRecord
+from odam.data import ImageRecord
 from odam.data.synthcrowd import generate
-from odam.evaluation.explanations import _Journal, _match, read_journal
+from odam.evaluation.explanations import METHODS, match_objects
+from odam.evaluation.journal import ObjectJournal, append_row, claim, object_records
 from odam.evaluation.report import markdown, summarize
+from odam.explainers import EXPLAINERS, create_explainer
 from odam.structures import Detections
 
 FAST = ["--model", "synthcrowd-fcos", "--steps", "20", "--eval-every", "10", "--drise-masks", "8",
@@ -43,27 +46,65 @@ def test_match_takes_the_best_same_class_detection_above_the_threshold() -> None
                       torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([1, 1, 1, 2]))
     # Object 0: IoU 1.0 with det 1 (and 0.952 with det 0). Object 1: 100/120 = 0.83 with det 2, not > 0.9.
     # Object 2 is class 2, mapped to detector label 2: det 3. Object 3 is ignored.
-    pairs = _match(record, dets, {1: 1, 2: 2}, 0.9)
+    pairs = match_objects(record, dets, {1: 1, 2: 2}, 0.9)
     assert [(j, k) for j, k, _ in pairs] == [(0, 1), (2, 3)]
     assert pairs[0][2] == pytest.approx(1.0)
     # A detection explains one object only: a second object on the same spot takes the next best.
     twice = _record([[0, 0, 10, 10], [0, 0, 10, 10.2]], [1, 1])
-    assert [(j, k) for j, k, _ in _match(twice, dets, {1: 1}, 0.9)] == [(0, 1), (1, 0)]
+    assert [(j, k) for j, k, _ in match_objects(twice, dets, {1: 1}, 0.9)] == [(0, 1), (1, 0)]
     # Labels the detector does not know are never matched.
-    assert _match(record, dets, {1: 1}, 0.9) == [(0, 1, pytest.approx(1.0))]
+    assert match_objects(record, dets, {1: 1}, 0.9) == [(0, 1, pytest.approx(1.0))]
 
 
 def test_journal_drops_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "objects.jsonl"
     row = {"order": 0, "image_id": 1, "ann_id": 2, "method": "odam", "file": "a.png"}
     path.write_text(json.dumps(row) + "\n" + '{"order": 1, "image_id": 1, "ann', encoding="utf-8")
-    journal = _Journal(path)
+    journal = ObjectJournal(path)
     assert (1, 2, "odam") in journal and len(journal.keys) == 1
     journal.extend([row | {"ann_id": 3, "order": 1}])
-    assert [r["ann_id"] for r in read_journal(path)] == [2, 3]
+    assert [r["ann_id"] for r in object_records(path, METHODS)] == [2, 3]
     path.write_text("not json\n", encoding="utf-8")
     with pytest.raises(ValueError, match="objects.jsonl:1: not a record"):
-        _Journal(path)
+        ObjectJournal(path)
+
+
+def test_records_are_read_once_per_key_in_object_and_method_order(tmp_path: Path) -> None:
+    path = tmp_path / "objects.jsonl"
+    rows = [{"order": 1, "image_id": 1, "ann_id": 2, "method": "odam", "v": 0},
+            {"order": 0, "image_id": 1, "ann_id": 1, "method": "odam", "v": 1},
+            {"order": 0, "image_id": 1, "ann_id": 1, "method": "odam", "v": 2},  # repeated: the first counts
+            {"order": 0, "image_id": 1, "ann_id": 1, "method": "gradcam", "v": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n" + '{"order": 2, "ima', encoding="utf-8")
+    assert [r["v"] for r in object_records(path, METHODS)] == [3, 1, 0]
+    assert path.read_text(encoding="utf-8").endswith('{"order": 2, "ima')  # reading changes nothing
+    assert object_records(tmp_path / "missing.jsonl", METHODS) == []
+
+
+def test_claim_names_every_changed_setting_and_accepts_the_same_data_by_another_path(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out, records = tmp_path / "out", [tmp_path / "out" / "objects.jsonl"]
+    claim(out, {"data": "d", "steps": 10, "seed": 0}, records, paths=("data",))
+    claim(out, {"data": "d", "steps": 20, "seed": 1}, records, paths=("data",))  # no record yet: replaced
+    assert json.loads((out / "config.json").read_text())["steps"] == 20
+    append_row(records[0], {"image_id": 1})
+    claim(out, {"data": str(tmp_path / "d"), "steps": 20, "seed": 1}, records, paths=("data",))
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(data, seed, steps\); use another"):
+        claim(out, {"data": "e", "steps": 10, "seed": 0}, records, paths=("data",))
+    with pytest.raises(ValueError, match=r"other settings \(data\)"):
+        claim(out, {"data": str(tmp_path / "d"), "steps": 20, "seed": 1}, records)  # not compared as paths
+
+
+def test_explainers_are_created_by_name_with_their_settings() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)
+    assert set(EXPLAINERS) == set(METHODS)
+    drise = create_explainer("drise", model, num_masks=8, batch_size=4, progress=False)
+    assert type(drise) is EXPLAINERS["drise"] and (drise.num_masks, drise.batch_size) == (8, 4)
+    assert type(create_explainer("gradcam++", model)).__name__ == "GradCAMPlusPlus"
+    with pytest.raises(ValueError, match="unknown explanation method 'lime'; choose from odam, gradcam, gradcam"):
+        create_explainer("lime", model)
 
 
 def test_other_settings_are_refused_and_records_can_be_imported(scenes: Path, tmp_path: Path,
@@ -78,12 +119,12 @@ def test_other_settings_are_refused_and_records_can_be_imported(scenes: Path, tm
     assert main(["evaluate", "explanations", *base, "--methods", "odam", "--import", str(there),
                  "--out", str(here)]) == 0
     assert "imported 2 records" in capsys.readouterr().err
-    assert {r["method"] for r in read_journal(here / "objects.jsonl")} == {"odam", "gradcam"}
+    assert {r["method"] for r in object_records(here / "objects.jsonl", METHODS)} == {"odam", "gradcam"}
     # A record whose image is another file here is refused.
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text((there / "config.json").read_text())
-    row = read_journal(there / "objects.jsonl")[0]
+    row = object_records(there / "objects.jsonl", METHODS)[0]
     (other / "objects.jsonl").write_text(json.dumps(row | {"method": "drise", "file": "elsewhere.png"}) + "\n")
     assert main(["evaluate", "explanations", *base, "--methods", "odam", "--import", str(other),
                  "--out", str(here)]) == 2

@@ -28,7 +28,7 @@ import odam
 from odam.cli import main
 from odam.data.synthcrowd import generate
 from odam.evaluation import journal
-from odam.evaluation.explanations import read_journal
+from odam.evaluation.explanations import METHODS
 from odam.evaluation.nms import NmsConfig
 
 #: Runs ``odam`` with ``sys.argv[1:]``; ``ODAM_TEST_KILL`` = ``{"at": k, "phase": ..., "signal": ...}`` sends
@@ -40,7 +40,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 plan = json.loads(os.environ.get("ODAM_TEST_KILL", "null"))
 if plan is not None:
     from odam._atomic import atomic_path
-    from odam.evaluation import explanations, journal
+    from odam.evaluation import journal
     from odam.train import engine
 
     calls = [0]
@@ -65,7 +65,7 @@ if plan is not None:
             append(path, rows)
         stop()
 
-    journal.append_rows = explanations.append_rows = append_rows
+    journal.append_rows = append_rows  # every runner's journal writes through it
     save = engine._save
 
     def _save(out, *args):
@@ -368,7 +368,8 @@ def test_evaluate_explanations_resumes_to_the_uninterrupted_result(crowd: Path, 
     for name in ("objects.jsonl", "sanity.jsonl"):
         got = _lines(b / name)
         assert len(got) == len({(r["image_id"], r["ann_id"], r["method"]) for r in got})  # none measured twice
-        assert _drop(read_journal(b / name), ("seconds",)) == _drop(read_journal(a / name), ("seconds",))
+        assert _drop(journal.object_records(b / name, METHODS), ("seconds",)) == \
+            _drop(journal.object_records(a / name, METHODS), ("seconds",))
     first, second = (json.loads((p / "summary.json").read_text()) for p in (a, b))
     assert _drop(second, ("seconds_per_object",)) == _drop(first, ("seconds_per_object",))
     assert (b / "summary.md").read_text().count("| ODAM |") >= 1 and (b / "curves.png").stat().st_size > 0

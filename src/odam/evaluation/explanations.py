@@ -28,11 +28,10 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 import odam
-from odam._atomic import atomic_write
-from odam.data import read_dataset
-from odam.data.dataset import Dataset, ImageRecord
+from odam.data import Dataset, ImageRecord, read_dataset
 from odam.detectors import DetectorAdapter
-from odam.evaluation.journal import append_rows, complete_lines, has_records
+from odam.evaluation.journal import ObjectJournal, claim, object_records
+from odam.explainers import create_explainer
 from odam.metrics import (
     compactness,
     deletion,
@@ -124,18 +123,20 @@ def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cp
     detector = odam.load_detector(config.model)
     detector.model.to(device).eval()
     labels = _label_map(data, detector, config)
-    _claim(out, config)
+    claim(out, _identity(config), [out / "objects.jsonl", out / "sanity.jsonl"], paths=("data",))
     for other in imports:
         tqdm.write(f"imported {import_records(out, other)} records from {other}", file=sys.stderr)
-    done = _Journal(out / "objects.jsonl")
-    sanity = _Journal(out / "sanity.jsonl")
+    done = ObjectJournal(out / "objects.jsonl")
+    sanity = ObjectJournal(out / "sanity.jsonl")
     explainers = {m: _explainer(m, detector, config) for m in config.methods}
+    limits = _object_limits(config)
     bar = tqdm(total=config.max_objects, desc="objects", unit="obj", disable=not progress)
     with bar:
         for record, image, dets, targets in _targets(data, detector, labels, config):
             for method in config.methods:
+                limit = limits.get(method)
                 todo = [t for t in targets if (record.id, _ann(t), method) not in done
-                        and (method != "drise" or config.drise_objects is None or t.order < config.drise_objects)]
+                        and (limit is None or t.order < limit)]
                 if todo:
                     done.extend(_measure(method, explainers[method], detector, image, dets, todo, config))
                 sane = [t for t in targets if t.order < config.sanity_objects and method in SANITY_METHODS
@@ -161,8 +162,9 @@ def import_records(out: Path, other: Path) -> int:
     files = {r.id: r.file.name for r in read_dataset(mine["data"]).images}
     added = 0
     for name in ("objects.jsonl", "sanity.jsonl"):
-        journal = _Journal(out / name)
-        new = [r for r in read_journal(other / name) if (r["image_id"], r["ann_id"], r["method"]) not in journal]
+        journal = ObjectJournal(out / name)
+        new = [r for r in object_records(other / name, METHODS)
+               if (r["image_id"], r["ann_id"], r["method"]) not in journal]
         wrong = [r for r in new if files.get(r["image_id"]) != r["file"]]
         if wrong:
             raise ValueError(f"cannot import {other / name}: image {wrong[0]['image_id']} is "
@@ -179,23 +181,6 @@ def _ann(t: Target) -> int:
 def _identity(config: EvaluationConfig) -> dict[str, Any]:
     settings = asdict(config)
     return {k: settings[k] for k in IDENTITY}
-
-
-def _claim(out: Path, config: EvaluationConfig) -> None:
-    """Create ``out`` with ``config.json``, or check that the run there measures the same way (a run there
-    without a record yet is replaced)."""
-    path = out / "config.json"
-    settings = _identity(config)
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        same_data = Path(str(old.get("data"))).resolve() == Path(config.data).resolve()
-        changed = sorted(k for k in IDENTITY if old.get(k) != settings.get(k) and not (k == "data" and same_data))
-        if not changed:
-            return
-        if has_records([out / "objects.jsonl", out / "sanity.jsonl"]):
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(settings, indent=2) + "\n")
 
 
 def _label_map(data: Dataset, detector: DetectorAdapter, config: EvaluationConfig) -> dict[int, int]:
@@ -222,7 +207,7 @@ def _targets(data: Dataset, detector: DetectorAdapter, labels: dict[int, int], c
                              f"{record.width}x{record.height}")
         dets = detector.detect(image)
         targets = []
-        for j, k, iou in _match(record, dets, labels, config.match_iou):
+        for j, k, iou in match_objects(record, dets, labels, config.match_iou):
             if count >= config.max_objects:
                 break
             targets.append(Target(count, record, j, k, iou))
@@ -231,12 +216,31 @@ def _targets(data: Dataset, detector: DetectorAdapter, labels: dict[int, int], c
             yield record, image, dets, targets
 
 
-def _match(record: ImageRecord, dets: Detections, labels: dict[int, int], threshold: float
-           ) -> list[tuple[int, int, float]]:
-    """(object, detection, IoU): each object's best same-class detection above ``threshold``, each used once."""
+def match_objects(record: ImageRecord, dets: Detections, labels: dict[int, int], threshold: float
+                  ) -> list[tuple[int, int, float]]:
+    """The detections that explain a record's objects (paper Sec. 4.2).
+
+    For each object that is not ignored, in order, the detection of the same class (dataset label ``l`` is
+    detector label ``labels[l]``; unmapped labels never match) with the highest IoU with the object's clipped
+    box, if that IoU is above ``threshold``; a detection explains one object only, so a later object takes its
+    best unused detection.
+
+    Returns:
+        ``(object index, detection index, IoU)`` for each matched object, in object order.
+
+    Example:
+        >>> from pathlib import Path
+        >>> box = np.array([[0, 0, 10, 10]], np.float32)
+        >>> record = ImageRecord(1, Path("a.png"), 20, 20, box, np.array([1]), np.array([False]), box, box, None,
+        ...                      np.array([1]))
+        >>> dets = Detections(torch.tensor([[0.0, 0, 10, 11], [0, 0, 10, 10]]), torch.tensor([0.9, 0.8]),
+        ...                   torch.tensor([1, 1]))
+        >>> match_objects(record, dets, {1: 1}, 0.9)
+        [(0, 1, 1.0)]
+    """
     if len(dets) == 0 or len(record) == 0:
         return []
-    gt = _clipped(record)
+    gt = record.clipped_boxes_tensor()
     iou = box_iou(gt, dets.boxes.detach().cpu().float())
     mapped = torch.tensor([labels.get(int(lb), -1) for lb in record.labels])
     same = mapped[:, None] == dets.labels.cpu()[None, :]
@@ -253,14 +257,20 @@ def _match(record: ImageRecord, dets: Detections, labels: dict[int, int], thresh
     return pairs
 
 
-def _clipped(record: ImageRecord) -> Tensor:
-    """``Tensor[N, 4]`` float32: the objects' full boxes clipped to the image."""
-    limit = np.array([record.width, record.height, record.width, record.height], dtype=np.float32)
-    return torch.from_numpy(np.clip(record.boxes, 0, limit).astype(np.float32))
+def visible_masks(record: ImageRecord) -> Tensor | None:
+    """The record's visible instance masks decoded from COCO RLE: ``Tensor[N, H, W]`` bool on the CPU, or
+    ``None`` when the dataset has no masks.
 
-
-def _masks(record: ImageRecord) -> Tensor | None:
-    """``Tensor[N, H, W]`` bool visible masks, or ``None`` when the dataset has none."""
+    Example:
+        >>> from pathlib import Path
+        >>> rle = mask_utils.encode(np.asfortranarray(np.eye(3, 4, dtype=np.uint8)))
+        >>> box = np.zeros((1, 4), np.float32)
+        >>> record = ImageRecord(1, Path("a.png"), 4, 3, box, np.array([1]), np.array([False]), box, box, [rle],
+        ...                      np.array([1]))
+        >>> masks = visible_masks(record)
+        >>> tuple(masks.shape), masks.sum().item()
+        ((1, 3, 4), 3)
+    """
     if record.masks is None:
         return None
     with warnings.catch_warnings():  # pycocotools' decode under numpy 2
@@ -271,13 +281,14 @@ def _masks(record: ImageRecord) -> Tensor | None:
 
 
 def _explainer(method: str, detector: DetectorAdapter | nn.Module, config: EvaluationConfig) -> Any:
-    if method == "odam":
-        return odam.ODAM(detector)
-    if method == "gradcam":
-        return odam.GradCAM(detector)
-    if method == "gradcam++":
-        return odam.GradCAMPlusPlus(detector)
-    return odam.DRISE(detector, num_masks=config.drise_masks, batch_size=config.drise_batch, progress=False)
+    """The method's explainer, with its settings from ``config`` (the other methods take their defaults)."""
+    settings = {"drise": {"num_masks": config.drise_masks, "batch_size": config.drise_batch, "progress": False}}
+    return create_explainer(method, detector, **settings.get(method, {}))
+
+
+def _object_limits(config: EvaluationConfig) -> dict[str, int | None]:
+    """Per method: it explains only the objects of ``order`` below this (``None`` or absent: all of them)."""
+    return {"drise": config.drise_objects}
 
 
 def _seed(config: EvaluationConfig, *keys: int) -> int:
@@ -288,13 +299,13 @@ def _measure(method: str, explainer: Any, detector: DetectorAdapter, image: Tens
              targets: list[Target], config: EvaluationConfig) -> list[dict]:
     """Explain the targets' detections in one call and measure each map."""
     record = targets[0].record
-    if method == "drise":
+    if hasattr(explainer, "seed"):  # a random explainer (D-RISE): its draws are seeded per image
         explainer.seed = _seed(config, record.id)
     picked = dets[[t.detection for t in targets]]
     start = time.perf_counter()
     maps = explainer.explain(image, detections=picked).maps[:, 0]
     seconds = (time.perf_counter() - start) / len(targets)
-    boxes, masks = _clipped(record).to(image.device), _masks(record)
+    boxes, masks = record.clipped_boxes_tensor(image.device), visible_masks(record)
     masks = None if masks is None else masks.to(image.device)
     rows = []
     for n, t in enumerate(targets):
@@ -350,47 +361,3 @@ def _num(value: float) -> float | None:
     """JSON has no NaN: undefined values are ``null``."""
     value = float(value)
     return None if math.isnan(value) else value
-
-
-class _Journal:
-    """An append-only JSON-lines file of records keyed by (image id, annotation id, method).
-
-    Each call of :meth:`extend` (one image's records) is flushed and synced. A line cut short by a killed
-    process is dropped when the journal is opened again, so the next append starts on a fresh line.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.keys: set[tuple[int, int, str]] = set()
-        for n, line in enumerate(complete_lines(path), 1):
-            try:
-                row = json.loads(line)
-                self.keys.add((int(row["image_id"]), int(row["ann_id"]), str(row["method"])))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{n}: not a record of this evaluation ({err})") from None
-
-    def __contains__(self, key: tuple[int, int, str]) -> bool:
-        return key in self.keys
-
-    def extend(self, rows: list[dict]) -> None:
-        append_rows(self.path, rows)
-        self.keys.update((row["image_id"], row["ann_id"], row["method"]) for row in rows)
-
-
-def read_journal(path: Path) -> list[dict]:
-    """The records of a journal, one per key (the first written), sorted by object order and method."""
-    if not path.exists():
-        return []
-    rows, seen = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill; _Journal drops it on the next run
-        key = (row["image_id"], row["ann_id"], row["method"])
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return sorted(rows, key=lambda r: (r["order"], METHODS.index(r["method"])))

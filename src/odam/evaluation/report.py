@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from odam._atomic import atomic_path, atomic_write  # noqa: E402
-from odam.evaluation.explanations import METHODS, read_journal  # noqa: E402
+from odam.evaluation.explanations import METHODS  # noqa: E402
+from odam.evaluation.journal import object_records  # noqa: E402
 
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "drise": "D-RISE", "odam": "ODAM"}
 #: Columns of ``summary.csv``, one row per method.
@@ -36,7 +37,7 @@ def summarize(out: Path) -> dict[str, Any]:
     detection no longer found on the original image), with the counts in ``summary.json``.
     """
     out = Path(out)
-    rows = read_journal(out / "objects.jsonl")
+    rows = object_records(out / "objects.jsonl", METHODS)
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     summary: dict[str, Any] = {"data": config["data"], "model": config["model"], "methods": methods,
@@ -54,7 +55,7 @@ def summarize(out: Path) -> dict[str, Any]:
         summary["shared"] = {"objects": len(shared), "rows": {
             m: _means([r for r in rows if r["method"] == m and (r["image_id"], r["ann_id"]) in shared])[0]
             | {"method": m, "objects": len(shared)} for m in methods}}
-    for m, checks in _by_method(read_journal(out / "sanity.jsonl")).items():
+    for m, checks in _by_method(object_records(out / "sanity.jsonl", METHODS)).items():
         summary["sanity"][m] = {"blocks": checks[0]["blocks"], "objects": len(checks),
                                 "spearman": _mean_lists([c["spearman"] for c in checks]),
                                 "ssim": _mean_lists([c["ssim"] for c in checks])}
@@ -156,21 +157,21 @@ def oracle_odi(run: Path, method: str, data: str) -> dict[str, Any]:
     """Mean ODI (box and mask, %) of each object's own visible mask used as its map, over the objects that
     ``method`` explained in ``run``; objects without a visible mask are left out."""
     from odam.data import read_dataset
-    from odam.evaluation.explanations import _clipped, _masks
+    from odam.evaluation.explanations import visible_masks
     from odam.metrics import object_discrimination_index
 
     records = {r.id: r for r in read_dataset(data).images}
     box, mask = [], []
-    for row in read_journal(run / "objects.jsonl"):
+    for row in object_records(run / "objects.jsonl", METHODS):
         if row["method"] != method:
             continue
         record = records[row["image_id"]]
-        masks = _masks(record)
+        masks = visible_masks(record)
         index = int(np.where(record.ann_ids == row["ann_id"])[0][0])
         if masks is None or not bool(masks[index].any()):
             continue
         own = masks[index].float()
-        box.append(object_discrimination_index(own, index, _clipped(record)).value)
+        box.append(object_discrimination_index(own, index, record.clipped_boxes_tensor()).value)
         mask.append(object_discrimination_index(own, index, masks).value)
     mean = lambda v: 100 * float(np.nanmean(v)) if v else None  # noqa: E731
     return {"objects": len(box), "odi_box": mean(box), "odi_mask": mean(mask)}
