@@ -9,10 +9,11 @@ is at least ``assign_iou`` (ignored objects never take predictions). Two kinds o
 * **different, overlapping objects**: predictions assigned to two objects whose ground-truth boxes have
   IoU > ``overlap_iou``.
 
-Maps are block-averaged to a short edge of ``short_edge`` cells (as Odam-NMS compares them) and compared by
-Pearson correlation (the normalised correlation: cosine of the mean-centred maps) and by plain cosine (what
-Odam-Train's loss uses). A constant map (e.g. all zero) has no Pearson correlation and its pairs are left out
-of the Pearson means; for the cosine an all-zero map counts as 0. The pair counts reported are the cosine's.
+Maps are block-averaged to a short edge of ``short_edge`` cells and compared by Pearson correlation (the
+normalised correlation: cosine of the mean-centred maps) and by plain cosine (what Odam-Train's loss uses), with
+the very functions Odam-NMS decides on (:mod:`odam.heatmaps`). A constant map (e.g. all zero;
+:func:`odam.heatmaps.undefined`) has no Pearson correlation and its pairs are left out of the Pearson means; for
+the cosine an all-zero map counts as 0. The pair counts reported are the cosine's.
 A model that discriminates objects well has a high same-object correlation, a low different-object one, and a
 wide gap between them.
 
@@ -28,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from odam._atomic import atomic_write
 from odam.evaluation.journal import append_row, check_settings, image_rows
+from odam.heatmaps import correlation, heatmap_vectors, undefined
 
 KINDS = ("same", "different")
 MEASURES = ("pearson", "cosine")
@@ -64,26 +65,22 @@ class CorrelationConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
-def correlations(maps: Tensor) -> dict[str, Tensor]:
-    """Pairwise ``pearson`` and ``cosine`` similarity (``Tensor[N, N]`` each) of flattened maps ``Tensor[N, D]``.
-
-    A constant map has no defined Pearson correlation; its row and column are NaN.
+def correlations(vectors: Tensor) -> dict[str, Tensor]:
+    """Pairwise ``pearson`` and ``cosine`` similarity (``Tensor[N, N]`` float32 each) of heat-map vectors
+    ``Tensor[N, D]`` (:func:`odam.heatmaps.heatmap_vectors`), as the study counts them: by
+    :func:`odam.heatmaps.correlation`, except that a constant vector (:func:`odam.heatmaps.undefined`) has no
+    Pearson correlation, so its row and column are NaN, left out of the means.
 
     Example:
-        >>> c = correlations(torch.tensor([[1.0, 0, 0, 1], [2.0, 0, 0, 2], [0.0, 1, 1, 0]]))
-        >>> c["pearson"][0].tolist(), c["cosine"][0, 2].item()
-        ([1.0, 1.0, -1.0], 0.0)
+        >>> c = correlations(torch.tensor([[1.0, 0, 0, 1], [2.0, 0, 0, 2], [0.0, 1, 1, 0], [3.0, 3, 3, 3]]))
+        >>> c["pearson"][0].tolist(), c["cosine"][0, 2].item(), c["cosine"][0, 3].item()
+        ([1.0, 1.0, -1.0, nan], 0.0, 0.7071067690849304)
     """
-    x = maps.flatten(1).double()
-    centred = x - x.mean(1, keepdim=True)
-    norm = centred.norm(dim=1)
-    unit = centred / norm.clamp_min(1e-300)[:, None]
-    pearson = unit @ unit.T
-    flat = norm <= 1e-12 * x.abs().amax(1).clamp_min(1e-300)
+    pearson = correlation(vectors)
+    flat = undefined(vectors)
     pearson[flat] = float("nan")
     pearson[:, flat] = float("nan")
-    plain = F.normalize(x, dim=1)
-    return {"pearson": pearson.clamp(-1, 1), "cosine": (plain @ plain.T).clamp(-1, 1)}
+    return {"pearson": pearson, "cosine": correlation(vectors, centred=False)}
 
 
 def pairs(pred_boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor, assign_iou: float, overlap_iou: float
@@ -140,20 +137,18 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
         image = odam.load_image(record.file).to(device)
         explanation = explainer.explain(image)
         dets = explanation.detections
-        gt = torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4), device=dets.boxes.device)
-        gt[:, 0::2] = gt[:, 0::2].clamp(0, record.width)
-        gt[:, 1::2] = gt[:, 1::2].clamp(0, record.height)
+        gt = record.clipped_boxes_tensor(dets.boxes.device)
         ignore = torch.as_tensor(np.asarray(record.ignore, bool), device=gt.device)
         found = pairs(dets.boxes, gt, ignore, config.assign_iou, config.overlap_iou)
         row: dict = {"image_id": record.id, "predictions": len(dets)}
         if len(dets) >= 2:
-            sims = correlations(_shrink(explanation.maps[:, 0], config.short_edge))
+            sims = correlations(heatmap_vectors(explanation.maps[:, 0], config.short_edge))
         for kind in KINDS:
             idx = found[kind]
             for measure in MEASURES:
                 values = sims[measure][idx[:, 0], idx[:, 1]] if len(idx) else torch.zeros(0)
                 values = values[~torch.isnan(values)]
-                row[f"{kind}_{measure}_sum"] = float(values.sum())
+                row[f"{kind}_{measure}_sum"] = float(values.double().sum())
                 row[f"{kind}_{measure}_n"] = len(values)
         append_row(journal, row)
     rows = image_rows(journal)
@@ -190,9 +185,3 @@ def markdown(summaries: list[dict]) -> str:
                      f"{s['different_cosine']:.3f} | **{s['gap_cosine']:.3f}** |")
     return "\n".join(lines)
 
-
-def _shrink(maps: Tensor, short_edge: int) -> Tensor:
-    h, w = maps.shape[-2:]
-    scale = short_edge / min(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.adaptive_avg_pool2d(maps[:, None], size)[:, 0]
