@@ -24,7 +24,7 @@ import torch
 from torchvision.models import detection
 
 import odam
-from odam.explainers._reference import explain_loop
+from odam.explainers.odam import explain_loop
 
 MODELS = {
     "fcos": ("fcos_resnet50_fpn", {"score_thresh": 0.0}, "detections_per_img"),

@@ -85,7 +85,7 @@ def fcos_error(images: list, targets: list, every: int) -> dict:
     with trainer.capture():
         model(images, targets)
     p = trainer.positives()
-    seen = trainer._seen
+    seen = trainer.seen
     features, out = seen["features"], seen["head"]
     sizes = [f.shape[-2] * f.shape[-1] for f in features]
     starts = torch.tensor([0, *sizes]).cumsum(0)

@@ -20,7 +20,7 @@ import odam
 from odam import TARGETS
 from odam.detectors.base import LayerError
 from odam.detectors.detr import DetrAdapter
-from odam.explainers._reference import explain_loop
+from odam.explainers.odam import explain_loop
 
 _MODELS: dict[str, nn.Module] = {}
 

@@ -13,8 +13,7 @@ from torch import nn
 from torchvision.models import detection
 
 import odam
-from odam.explainers._reference import explain_loop
-from odam.explainers.odam import ADAPTIVE_RATIO, MIN_SIGMA, gaussian_smooth
+from odam.explainers.odam import ADAPTIVE_RATIO, MIN_SIGMA, explain_loop, gaussian_smooth
 
 # A 300x400 image with one bright 24x24 square; the hand-set FCOS resizes it to 800x1066 (scale 8/3).
 H_IMG, W_IMG = 300, 400

@@ -33,7 +33,7 @@ from odam.detectors.yolo import (
     import_ultralytics,
     letterbox,
 )
-from odam.explainers._reference import explain_loop
+from odam.explainers.odam import explain_loop
 from odam.nms import Suppressed
 from odam.testing import Case, model_of
 

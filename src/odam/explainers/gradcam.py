@@ -59,14 +59,14 @@ class GradCAM(GradientExplainer):
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
         t = y.shape[1]
         pairs = torch.cartesian_prod(torch.arange(len(members)), torch.arange(t)).to(members.device)
-        rowgrads = self._row_gradients(y, group, members)
+        rowgrads = self.row_gradients(y, group, members)
         # The pooled weights need the gradient on the whole explained map, not on a window of it.
         per_item = 4 * group.features(group.rows[:1]).numel() * 4
         chunk = self.batch_size or max(1, min(256, MEMORY_BUDGET // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
             rows = group.rows[i]
-            grads = group.pullback(self._gradients(y, group, members, i, j, rowgrads), rows)
+            grads = group.pullback(self.gradients(y, group, members, i, j, rowgrads), rows)
             features = group.features(rows)
             weights = self._weights(grads, features)  # [B, C]
             maps = F.relu(torch.einsum("bc,bchw->bhw", weights, features.expand_as(grads)))

@@ -130,7 +130,7 @@ class GradientExplainer:
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
         raise NotImplementedError
 
-    def _row_gradients(self, y: Tensor, group: FeatureGroup, members: Tensor) -> Tensor | None:
+    def row_gradients(self, y: Tensor, group: FeatureGroup, members: Tensor) -> Tensor | None:
         """For row-wise groups, ``Tensor[T, R, ...]``: every member's gradient from one backward pass per target."""
         if not group.rowwise:
             return None
@@ -138,7 +138,7 @@ class GradientExplainer:
             torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(y.shape[1])
         ])
 
-    def _gradients(self, y: Tensor, group: FeatureGroup, members: Tensor, i: Tensor, j: Tensor,
+    def gradients(self, y: Tensor, group: FeatureGroup, members: Tensor, i: Tensor, j: Tensor,
                    rowgrads: Tensor | None) -> Tensor:
         """Gradients of ``y[members[i], j]`` w.r.t. the rows of ``group.input`` they use: ``Tensor[B, ...]``."""
         rows = group.rows[i]
@@ -208,13 +208,13 @@ class ODAM(GradientExplainer):
         # Chunks of similar box sizes keep windows and smoothing kernels tight.
         order = torch.argsort(group.cells(boxes[members], group.rows), stable=True).cpu()
         pairs = torch.cartesian_prod(order, torch.arange(t)).to(members.device)
-        rowgrads = self._row_gradients(y, group, members)  # rows are independent: one pass serves them all
+        rowgrads = self.row_gradients(y, group, members)  # rows are independent: one pass serves them all
         per_item = 16 * group.item_numel() * 4
         chunk = self.batch_size or max(1, min(256, MEMORY_BUDGET // per_item))
         for start in range(0, len(pairs), chunk):
             i, j = pairs[start:start + chunk].unbind(1)
             rows = group.rows[i]
-            grads = self._gradients(y, group, members, i, j, rowgrads)
+            grads = self.gradients(y, group, members, i, j, rowgrads)
             sigma = self._sigma(group.cells(boxes[members[i]], rows))
             radius = 0 if sigma is None else int(torch.ceil(3 * sigma).max())
             smooth = None if sigma is None else (lambda x, s=sigma: gaussian_smooth(x, s))
@@ -249,6 +249,28 @@ class ODAM(GradientExplainer):
         if callable(s):
             return torch.as_tensor(s(cells), dtype=cells.dtype, device=cells.device).expand_as(cells)
         return torch.full_like(cells, float(s))
+
+
+def explain_loop(explainer: ODAM, image: object, targets: Sequence[str] = ("score",),
+                 detections: Detections | None = None) -> Explanation:
+    """The slow reference for :meth:`ODAM.explain`: what it returns, computed with ``K x T`` separate backward
+    passes, one ``autograd.grad`` call per detection and per attribute.
+
+    Tests and ``benchmarks/bench_batched.py`` compare the batched explainer against it. It shares the tracing and
+    the map formula (:meth:`ODAM._maps`) with the explainer, but none of the batching, windows or factoring:
+    every gradient is carried to the whole explained feature map and smoothed there.
+    """
+
+    def one_by_one(y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
+        for n, k in enumerate(members.tolist()):
+            row = group.rows[n].view(1)
+            sigma = explainer._sigma(group.cells(boxes[k:k + 1], row))
+            for t in range(y.shape[1]):
+                grad = torch.autograd.grad(y[k, t], group.input, retain_graph=True)[0][row]
+                m = explainer._maps(group.pullback(grad, row), group.features(row), sigma)
+                out[k, t] = group.to_image(m, row)[0].to(out.dtype)
+
+    return explainer._explain(image, targets, detections, one_by_one)
 
 
 def _vjps(outputs: Tensor, input: Tensor) -> Tensor:

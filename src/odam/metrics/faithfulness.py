@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from odam.metrics.localization import _check_saliency, _energy_map, region_mask
+from odam.metrics.localization import check_saliency, energy_map, region_mask
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def visual_explanation_accuracy(saliency: Tensor, mask: Tensor, thresholds: Tens
         >>> curve.y.tolist(), round(curve.auc, 4)
         ([0.6666666666666666, 0.6666666666666666, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5], 0.575)
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     gt = region_mask(mask, saliency.shape).to(saliency.device)
     if thresholds is None:
         thresholds = torch.arange(1, 10, dtype=torch.float64) / 10
@@ -72,7 +72,7 @@ def visual_explanation_accuracy(saliency: Tensor, mask: Tensor, thresholds: Tens
     x = thresholds.detach().to("cpu", torch.float64)
     if not bool((x[1:] > x[:-1]).all()):
         raise ValueError(f"expected increasing thresholds, got {x.tolist()}")
-    energy = _energy_map(saliency)
+    energy = energy_map(saliency)
     lo, hi = energy.min(), energy.max()
     normalised = (energy - lo) / (hi - lo) if hi > lo else torch.zeros_like(energy)
     predicted = normalised[None] >= x.to(energy.device)[:, None, None]  # [T, H, W]
@@ -99,7 +99,7 @@ def perturbation_order(saliency: Tensor) -> Tensor:
         >>> perturbation_order(torch.tensor([[1.0, 3.0], [3.0, 2.0]])).tolist()
         [1, 2, 3, 0]
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     return torch.sort(saliency.detach().flatten(), descending=True, stable=True).indices
 
 
@@ -231,7 +231,7 @@ def _perturbation_curve(
         raise ValueError(f"expected image of shape [3, H, W], got {shape}")
     if not image.is_floating_point():
         raise ValueError(f"expected a floating-point image, got {image.dtype}")
-    _check_saliency(saliency)
+    check_saliency(saliency)
     if saliency.shape != image.shape[1:]:
         raise ValueError(
             f"expected saliency of shape {tuple(image.shape[1:])} to match the image, got {tuple(saliency.shape)}"

@@ -76,7 +76,9 @@ class ObjectDiscrimination:
     all: float
 
 
-def _check_saliency(saliency: Tensor) -> None:
+def check_saliency(saliency: Tensor) -> None:
+    """Raise a one-line ``ValueError`` unless ``saliency`` is a non-empty floating-point ``Tensor[H, W]`` (what every
+    metric of this package takes)."""
     if not isinstance(saliency, Tensor) or saliency.ndim != 2 or saliency.numel() == 0:
         shape = tuple(saliency.shape) if isinstance(saliency, Tensor) else type(saliency).__name__
         raise ValueError(f"expected saliency of shape [H, W] with H, W >= 1, got {shape}")
@@ -84,7 +86,7 @@ def _check_saliency(saliency: Tensor) -> None:
         raise ValueError(f"expected a floating-point saliency map, got {saliency.dtype}")
 
 
-def _energy_map(saliency: Tensor) -> Tensor:
+def energy_map(saliency: Tensor) -> Tensor:
     """The clipped map in float64, detached: ``max(S, 0)``."""
     return saliency.detach().to(torch.float64).clamp_min(0)
 
@@ -157,9 +159,9 @@ def pointing_game(saliency: Tensor, region: Tensor) -> PointingGame:
         >>> pointing_game(s, torch.tensor([2.0, 0.0, 4.0, 2.0]))
         PointingGame(hit=True, point=(2, 1))
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     mask = region_mask(region, saliency.shape)
-    point = _peak(_energy_map(saliency))
+    point = _peak(energy_map(saliency))
     if point is None:
         return PointingGame(hit=False, point=None)
     return PointingGame(hit=bool(mask[point[1], point[0]]), point=point)
@@ -182,9 +184,9 @@ def energy_pointing_game(saliency: Tensor, region: Tensor) -> EnergyPointingGame
         >>> energy_pointing_game(torch.tensor([[3.0, 1.0]]), torch.tensor([0.0, 0.0, 1.0, 1.0]))
         EnergyPointingGame(share=0.75, inside=3.0, total=4.0)
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     mask = region_mask(region, saliency.shape).to(saliency.device)
-    energy = _energy_map(saliency)
+    energy = energy_map(saliency)
     inside = float(energy[mask].sum())
     total = float(energy.sum())
     return EnergyPointingGame(share=inside / total if total > 0 else 0.0, inside=inside, total=total)
@@ -215,7 +217,7 @@ def compactness(saliency: Tensor, box: Tensor) -> Compactness:
         >>> compactness(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([0.0, 0.0, 2.0, 0.0]))
         Compactness(value=1.4142135623730951, peak=(0, 0))
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     if not isinstance(box, Tensor) or box.shape != (4,):
         shape = tuple(box.shape) if isinstance(box, Tensor) else type(box).__name__
         raise ValueError(f"expected box of shape [4], got {shape}")
@@ -223,7 +225,7 @@ def compactness(saliency: Tensor, box: Tensor) -> Compactness:
     half_diagonal_sq = ((x2 - x1) ** 2 + (y2 - y1) ** 2) / 4
     if not half_diagonal_sq > 0:
         raise ValueError(f"expected a box with a non-zero diagonal, got {[x1, y1, x2, y2]}")
-    energy = _energy_map(saliency)
+    energy = energy_map(saliency)
     peak = _peak(energy)
     if peak is None:
         return Compactness(value=math.nan, peak=None)
@@ -261,7 +263,7 @@ def object_discrimination_index(saliency: Tensor, target: int, regions: Tensor) 
         >>> object_discrimination_index(s, 0, boxes)
         ObjectDiscrimination(value=0.25, other=1.0, all=4.0)
     """
-    _check_saliency(saliency)
+    check_saliency(saliency)
     if not isinstance(regions, Tensor) or not (
         (regions.ndim == 2 and regions.shape[1] == 4) or (regions.ndim == 3 and regions.shape[1:] == saliency.shape)
     ):
@@ -273,7 +275,7 @@ def object_discrimination_index(saliency: Tensor, target: int, regions: Tensor) 
         raise ValueError(f"target {target} out of range for {n} regions")
     masks = torch.stack([region_mask(r, saliency.shape).to(saliency.device) for r in regions])
     others = torch.cat([masks[:target], masks[target + 1:]])
-    energy = _energy_map(saliency)
+    energy = energy_map(saliency)
     other = float(energy[others.any(dim=0)].sum())
     total = float(energy[masks.any(dim=0)].sum())
     return ObjectDiscrimination(value=other / total if total > 0 else math.nan, other=other, all=total)

@@ -104,6 +104,12 @@ class OdamTrainer:
             raise ValueError("Odam-Train needs a box head that treats RoIs independently; this one has batch norm, "
                              "which couples them in training (e.g. fasterrcnn_resnet50_fpn_v2)")
 
+    @property
+    def seen(self) -> dict[str, Any]:
+        """What the last training pass inside :meth:`capture` recorded (FCOS: ``features``, ``head`` outputs,
+        ``matched`` anchors and ``targets``), for a slow reference such as ``benchmarks/bench_odam_train.py``."""
+        return self._seen
+
     # ------------------------------------------------------------------------------------------- capture
 
     @contextmanager
