@@ -18,6 +18,7 @@ unpickled. Other keys (``preprocessing``, ``training``, ``metrics``) are carried
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import math
@@ -58,8 +59,9 @@ BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn", "synthcr
                            "synthcrowd-fasterrcnn-odamtrain", "synthcrowd-fcos-featurenms",
                            "synthcrowd-fasterrcnn-featurenms")
 
-#: Real pretrained detectors whose weights ship inside a registry package, loaded offline (docs/ADAPTERS.md).
-PRETRAINED: tuple[str, ...] = ("retinaface",)
+#: Real pretrained detectors whose weights ship inside a registry package, loaded offline (docs/ADAPTERS.md): name
+#: -> ``"module:builder"``. The module lists the builder's keywords in ``SETTINGS``.
+PRETRAINED: dict[str, str] = {"retinaface": "odam.detectors.retinaface:retinaface"}
 
 _PREFIX = "torchvision:"
 _ODAM = "odam:"
@@ -107,12 +109,13 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     if spec in PRETRAINED:
         if weights != "default":
             raise ValueError(f"{spec} comes with its pretrained weights only; weights={weights!r} is not available")
-        from odam.detectors.retinaface import SETTINGS, retinaface
-
-        unknown = sorted(set(kwargs) - set(SETTINGS))
+        module_name, builder = PRETRAINED[spec].split(":")
+        module = importlib.import_module(module_name)
+        unknown = sorted(set(kwargs) - set(module.SETTINGS))
         if unknown:
-            raise ValueError(f"{spec} has no option {', '.join(map(repr, unknown))}; choose from {', '.join(SETTINGS)}")
-        return retinaface(**kwargs)
+            raise ValueError(f"{spec} has no option {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(module.SETTINGS)}")
+        return getattr(module, builder)(**kwargs)
     if spec.startswith(_ODAM):
         from odam.architectures import build_detector
 
@@ -129,7 +132,7 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with checkpoint {spec}")
         return load_checkpoint(spec)[0]
     raise ValueError(
-        f"unknown model {spec!r}: expected one of {', '.join(BUNDLED + PRETRAINED)}, '{_PREFIX}<builder>' with "
+        f"unknown model {spec!r}: expected one of {', '.join(BUNDLED + tuple(PRETRAINED))}, '{_PREFIX}<builder>' with "
         "builder one of "
         f"{', '.join(BUILDERS)}, '{_ODAM}<arch>', or the path of an odam checkpoint directory"
     )
@@ -462,22 +465,16 @@ def configure(
         >>> model.roi_heads.score_thresh, model.roi_heads.detections_per_img, model.transform.min_size
         (0.2, 5, (96,))
     """
-    from odam.detectors.retinaface import MIN_MAX_SIZE, RetinaFace
-
     if hasattr(model, "roi_heads") and hasattr(model.roi_heads, "score_thresh"):
         holder = model.roi_heads
     elif hasattr(model, "score_thresh") and hasattr(model, "detections_per_img"):
         holder = model
     else:
         holder = None
-    retina = isinstance(model, RetinaFace)
-    if holder is None or not (hasattr(model, "transform") or retina):
+    own = getattr(model, "configure", None)  # a model with rules of its own (odam's RetinaFace) applies them
+    if holder is None or not (hasattr(model, "transform") or callable(own)):
         raise TypeError(f"cannot configure {type(model).__name__}; expected a torchvision FCOS, RetinaNet, "
                         "Faster R-CNN or Mask R-CNN, or odam's RetinaFace")
-    if retina and min_size is not None:
-        raise ValueError("RetinaFace runs at the image's own size and never enlarges it: min_size is not available")
-    if retina and max_size is not None and max_size < MIN_MAX_SIZE:
-        raise ValueError(f"RetinaFace's max_size must be at least {MIN_MAX_SIZE} pixels, got {max_size}")
     for name, value in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float))
@@ -489,6 +486,10 @@ def configure(
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if min_size is not None and max_size is not None and max_size < min_size:
         raise ValueError(f"max_size must be >= min_size, got max_size={max_size} and min_size={min_size}")
+    if callable(own):
+        own(score_threshold=score_threshold, max_detections=max_detections, min_size=min_size, max_size=max_size,
+            nms_threshold=nms_threshold)
+        return model
     if score_threshold is not None:
         holder.score_thresh = float(score_threshold)
     if max_detections is not None:
@@ -497,9 +498,7 @@ def configure(
         holder.nms_thresh = float(nms_threshold)
     if min_size is not None:
         model.transform.min_size = (min_size,)
-    if max_size is not None and retina:
-        model.max_size = max_size
-    elif max_size is not None:
+    if max_size is not None:
         model.transform.max_size = max_size
     return model
 
