@@ -76,7 +76,7 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int) -> d
     times: dict[str, list[float]] = {k: [] for k in pipelines}
     candidates = []
     for i, record in enumerate(records):
-        image = odam.load_image(record.file)
+        image = record.load_image()
         for name, detector in pipelines.items():
             start = time.perf_counter()
             detector.detect(image)

@@ -32,10 +32,10 @@ def pairs(model: str, data: str, images: int, score: float) -> dict[str, np.ndar
     max_candidates = Suppression("nms").max_candidates
     found: dict[str, list] = {"same": [], "different": [], "same_far": []}
     for record in read_dataset(data).images[:images]:
-        trace = detector.trace(odam.load_image(record.file), candidates=True, max_candidates=max_candidates)
+        trace = detector.trace(record.load_image(), candidates=True, max_candidates=max_candidates)
         cands = trace.detections
         corr = correlation(explainer.vectors(trace, cands, 50))
-        gt = torch.as_tensor(np.clip(record.boxes, 0, [record.width, record.height] * 2), dtype=torch.float32)
+        gt = record.clipped_boxes_tensor()
         gt = gt[~torch.as_tensor(record.ignore)]
         if len(gt) == 0:
             continue

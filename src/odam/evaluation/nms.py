@@ -131,7 +131,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
 
     for record in tqdm(todo, desc=f"nms {Path(config.model).name}", unit="image", disable=not progress,
                        dynamic_ncols=True):
-        image = odam.load_image(record.file)
+        image = record.load_image()
         row: dict = {"image_id": record.id, "device": str(device), "seconds": {}, "keep": {}}
         started = clock()
         trace = detector.trace(image, candidates=True, max_candidates=max_candidates)
@@ -184,9 +184,7 @@ def ground_truth(records: list) -> dict[str, GroundTruth]:
     """Crowd-metric ground truth of dataset records (full boxes clipped to the image, their ignore flags)."""
     out = {}
     for r in records:
-        boxes = np.asarray(r.boxes, np.float64).reshape(-1, 4).copy()
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, r.width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, r.height)
+        boxes = r.clipped_boxes.astype(np.float64)  # float32 boxes: clipping them in float64 gives the same values
         out[str(r.id)] = GroundTruth(boxes, np.asarray(r.ignore, bool))
     return out
 
