@@ -3,7 +3,7 @@
 For each model and each K it times, on the same image and detections:
   * ``fwd+bwd``: one forward pass of the detector plus one backward pass of the sum of its outputs
     (parameters and input), the cost of a training step without the optimiser;
-  * ``loop``: :func:`odam.explainers._reference.explain_loop`, one ``autograd.grad`` per detection and attribute;
+  * ``loop``: :func:`odam.explainers.odam.explain_loop`, one ``autograd.grad`` per detection and attribute;
   * ``batched``: :meth:`odam.ODAM.explain`;
 and reports ``loop / batched``, ``batched / (fwd+bwd)`` and the largest relative difference between the maps.
 

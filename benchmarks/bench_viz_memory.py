@@ -1,8 +1,9 @@
 """Peak memory of ``overlay`` and ``save_panel`` on a large image, each in a fresh process.
 
 Prints the peak resident memory above what the inputs already hold, in MB and in bytes per image pixel. With
-``--viz FILE`` the same cases also run against another copy of ``odam/viz.py`` (e.g. the previous version, from
-``git show HEAD~1:src/odam/viz.py > /tmp/viz_old.py``), side by side in one run.
+``--viz FILE`` the same cases also run against another copy of the overlay module (``odam/viz/overlays.py``;
+``odam/viz.py`` before it became a package), e.g. ``git show HEAD~1:src/odam/viz/overlays.py > /tmp/viz_old.py``,
+side by side in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_viz_memory.py --size 4000x3000 --viz /tmp/viz_old.py
 """
@@ -61,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of the image (default 4000x3000)")
     parser.add_argument("--targets", type=int, default=5, help="maps per detection in the panel (default 5)")
-    parser.add_argument("--viz", help="another viz.py to measure beside the installed one")
+    parser.add_argument("--viz", help="another copy of odam/viz/overlays.py to measure beside the installed one")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "VIZ"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     width, height = map(int, args.size.lower().split("x"))
