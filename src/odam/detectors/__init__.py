@@ -5,18 +5,17 @@ from __future__ import annotations
 import importlib
 
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 from odam.detectors.base import DetectorAdapter, FeatureGroup, Geometry, MapGroup, Trace, borrowed
-from odam.detectors.torchvision import OneStageAdapter, TwoStageAdapter
 
 #: Model classes :func:`wrap_detector` accepts (torchvision's ``_v2`` variants and subclasses included).
 SUPPORTED = ("FCOS", "RetinaNet", "FasterRCNN", "MaskRCNN", "odam RetinaFace", "transformers DetrForObjectDetection",
              "ultralytics YOLO (v8, 11, and 26 with NMS)")
 
-#: Adapters of other families, as ``"module:Class"``: each class has ``accepts(model) -> bool``, which must not
-#: import the family's package (a user without that extra installed never loads it).
-FAMILIES = ("odam.detectors.retinaface:RetinaFaceAdapter", "odam.detectors.detr:DetrAdapter",
+#: The registry of adapter classes, as ``"module:Class"``, tried in order: each class has ``accepts(model) ->
+#: bool``, which must not import the family's package (a user without that extra installed never loads it).
+FAMILIES = ("odam.detectors.torchvision:OneStageAdapter", "odam.detectors.torchvision:TwoStageAdapter",
+            "odam.detectors.retinaface:RetinaFaceAdapter", "odam.detectors.detr:DetrAdapter",
             "odam.detectors.yolo:YoloAdapter")
 
 __all__ = ["DetectorAdapter", "FeatureGroup", "Geometry", "MapGroup", "Trace", "borrowed", "wrap_detector",
@@ -46,10 +45,6 @@ def wrap_detector(model: nn.Module | DetectorAdapter, categories: tuple[str, ...
     """
     if isinstance(model, DetectorAdapter):
         return model
-    if isinstance(model, (FCOS, RetinaNet)):
-        return OneStageAdapter(model, categories)
-    if isinstance(model, FasterRCNN):  # MaskRCNN subclasses FasterRCNN
-        return TwoStageAdapter(model, categories)
     for family in FAMILIES:
         module, name = family.split(":")
         adapter = getattr(importlib.import_module(module), name)

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.image_list import ImageList
@@ -158,6 +158,11 @@ class OneStageAdapter(DetectorAdapter):
     """FCOS and RetinaNet (and their ``_v2`` variants)."""
 
     named_layers = ("fpn",)
+
+    @staticmethod
+    def accepts(model: object) -> bool:
+        """Whether ``model`` is a torchvision FCOS or RetinaNet (``_v2`` variants and subclasses included)."""
+        return isinstance(model, (FCOS, RetinaNet))
 
     def __init__(self, model: FCOS | RetinaNet, categories: tuple[str, ...] | None = None) -> None:
         super().__init__(model, categories)
@@ -416,6 +421,11 @@ class TwoStageAdapter(DetectorAdapter):
     """
 
     named_layers = ("fpn", "roi")
+
+    @staticmethod
+    def accepts(model: object) -> bool:
+        """Whether ``model`` is a torchvision Faster R-CNN or Mask R-CNN (a subclass of it)."""
+        return isinstance(model, FasterRCNN)
 
     @property
     def score_threshold(self) -> float:
