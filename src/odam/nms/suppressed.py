@@ -7,12 +7,10 @@ or the model for their embeddings (FeatureNMS), and lets :func:`odam.nms.decide`
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import Tensor, nn
 
 from odam.detectors import DetectorAdapter, wrap_detector
-from odam.detectors.base import Trace
+from odam.detectors.base import Candidates, Trace
 from odam.nms.decisions import Decisions, Suppression, decide
 from odam.structures import Detections
 
@@ -97,20 +95,18 @@ class Suppressed(DetectorAdapter):
         basis = trace
         if layer is not None and self.nms.method == "odam-nms":
             basis = self.detector.run(image, None, self.nms.max_candidates)
-        source = trace.detections.source
-        basis.detections = replace(basis.detections, source=source)
         decided = self.suppress(basis)
         kept = trace.detections
         trace.detections = Detections(kept.boxes[decided.keep], decided.scores[decided.keep],
                                       kept.labels[decided.keep], kept.levels[decided.keep],
-                                      kept.indices[decided.keep], source)
+                                      kept.indices[decided.keep], kept.source)
         return trace
 
     def attributes(self, trace: Trace, detections: Detections, frozen_norm: bool = False
                    ) -> tuple[Tensor, list, Tensor]:
         return self.detector.attributes(trace, detections, frozen_norm)
 
-    def score_candidates(self, images: Tensor, max_candidates: int):  # noqa: ANN201 - the detector's Candidates
+    def score_candidates(self, images: Tensor, max_candidates: int) -> Candidates:
         return self.detector.score_candidates(images, max_candidates)
 
     def embed(self, trace: Trace, detections: Detections) -> Tensor:
