@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from odam._atomic import atomic_path
+
 #: FPPI references of MR^-2: ``10 ** linspace(-2, 0, 9)`` rounded to 4 decimals, as CrowdDet lists them.
 FPPI_POINTS = (0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000)
 #: Score thresholds of JI.
@@ -370,8 +372,9 @@ def read_detections(path: str | Path) -> dict[str, DetectionSet]:
 
 
 def write_detections(path: str | Path, detections: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> None:
-    """Write ``(ID, boxes [D, 4] xyxy, scores [D])`` as the JSON lines :func:`read_detections` reads."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Write ``(ID, boxes [D, 4] xyxy, scores [D])`` as the JSON lines :func:`read_detections` reads (atomically:
+    a killed writer leaves the previous file)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for image_id, boxes, scores in detections:
             b = np.asarray(boxes, np.float64).reshape(-1, 4)
             dt = [{"box": [x1, y1, x2 - x1, y2 - y1], "score": float(s), "tag": 1}
