@@ -471,7 +471,7 @@ def configure(
         holder = model
     else:
         holder = None
-    own = getattr(model, "configure", None)  # a model with rules of its own (odam's RetinaFace) applies them
+    own = getattr(model, "set_size_limits", None)  # a model with size rules of its own (odam's RetinaFace)
     if holder is None or not (hasattr(model, "transform") or callable(own)):
         raise TypeError(f"cannot configure {type(model).__name__}; expected a torchvision FCOS, RetinaNet, "
                         "Faster R-CNN or Mask R-CNN, or odam's RetinaFace")
@@ -487,19 +487,18 @@ def configure(
     if min_size is not None and max_size is not None and max_size < min_size:
         raise ValueError(f"max_size must be >= min_size, got max_size={max_size} and min_size={min_size}")
     if callable(own):
-        own(score_threshold=score_threshold, max_detections=max_detections, min_size=min_size, max_size=max_size,
-            nms_threshold=nms_threshold)
-        return model
+        own(min_size, max_size)  # checks its own rules before anything is set
+    else:
+        if min_size is not None:
+            model.transform.min_size = (min_size,)
+        if max_size is not None:
+            model.transform.max_size = max_size
     if score_threshold is not None:
         holder.score_thresh = float(score_threshold)
     if max_detections is not None:
         holder.detections_per_img = max_detections
     if nms_threshold is not None:
         holder.nms_thresh = float(nms_threshold)
-    if min_size is not None:
-        model.transform.min_size = (min_size,)
-    if max_size is not None:
-        model.transform.max_size = max_size
     return model
 
 

@@ -206,21 +206,13 @@ class RetinaFace(nn.Module):
             raise ValueError(f"max_size must be at least {MIN_MAX_SIZE} pixels or None, got {max_size}")
         self.max_size = max_size
 
-    def configure(self, *, score_threshold: float | None = None, max_detections: int | None = None,
-                  min_size: int | None = None, max_size: int | None = None, nms_threshold: float | None = None
-                  ) -> None:
-        """:func:`odam.models.configure`'s settings (already range-checked there); ``None`` leaves one as it is.
-        RetinaFace runs at the image's own size: ``min_size`` is refused, ``max_size`` only shrinks."""
+    def set_size_limits(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """:func:`odam.models.configure`'s resize limits (already range-checked there); ``None`` leaves one as it
+        is. RetinaFace runs at the image's own size: ``min_size`` is refused, ``max_size`` only shrinks."""
         if min_size is not None:
             raise ValueError("RetinaFace runs at the image's own size and never enlarges it: min_size is not available")
         if max_size is not None and max_size < MIN_MAX_SIZE:
             raise ValueError(f"RetinaFace's max_size must be at least {MIN_MAX_SIZE} pixels, got {max_size}")
-        if score_threshold is not None:
-            self.score_thresh = float(score_threshold)
-        if max_detections is not None:
-            self.detections_per_img = max_detections
-        if nms_threshold is not None:
-            self.nms_thresh = float(nms_threshold)
         if max_size is not None:
             self.max_size = max_size
 
