@@ -134,7 +134,7 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
     explainer = odam.ODAM(detector)
     todo = [r for r in records if r.id not in done]
     for record in tqdm(todo, desc="correlation", unit="image", disable=not progress, dynamic_ncols=True):
-        image = odam.load_image(record.file).to(device)
+        image = record.load_image().to(device)
         explanation = explainer.explain(image)
         dets = explanation.detections
         gt = record.clipped_boxes_tensor(dets.boxes.device)

@@ -201,7 +201,7 @@ def _targets(data: Dataset, detector: DetectorAdapter, labels: dict[int, int], c
     for record in data.images:
         if count >= config.max_objects:
             return
-        image = odam.load_image(record.file).to(detector.device)
+        image = record.load_image().to(detector.device)
         if tuple(image.shape[-2:]) != (record.height, record.width):
             raise ValueError(f"{record.file}: image is {image.shape[-1]}x{image.shape[-2]}, annotations say "
                              f"{record.width}x{record.height}")
