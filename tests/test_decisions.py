@@ -152,10 +152,12 @@ def test_soft_nms_record_keeps_the_decayed_scores_and_who_dropped_each(soft_meth
             assert d.rules[i] == "decayed score<T_score" and k in kept
             assert int(cands.labels[k]) == int(cands.labels[i]) and iou[i, k] > 0
             assert math.isclose(float(d.iou[i]), float(iou[i, k]), abs_tol=1e-6)
-            # one more decay by the box that dropped it would take its last score below the threshold
+            # the decay by the box that dropped it took its score from above the threshold to below it
             weight = (math.exp(-float(iou[i, k]) ** 2 / method.sigma) if soft_method == "gaussian"
                       else (1 - float(iou[i, k]) if iou[i, k] > method.iou_threshold else 1.0))
-            assert factor * float(cands.scores[i]) * weight < method.soft_threshold
+            final = float(d.scores[i])
+            assert math.isclose(final, factor * float(cands.scores[i]), rel_tol=1e-5)
+            assert final < method.soft_threshold <= final / weight * (1 + 1e-5)
 
 
 def test_the_cap_marks_what_max_detections_cuts() -> None:
@@ -165,6 +167,32 @@ def test_the_cap_marks_what_max_detections_cuts() -> None:
     assert torch.equal(capped.keep, whole.keep[:5])
     assert sorted(i for i, r in enumerate(capped.rules) if r == "capped") == sorted(whole.keep[5:].tolist())
     assert "capped=" in repr(capped) and len(repr(capped).splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", ["nms", "soft-nms", "feature-nms", "odam-nms"])
+def test_no_candidates_no_decisions(method: str) -> None:
+    empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    d = decide(empty, method)
+    assert len(d) == 0 and d.keep.tolist() == [] and d.rules == ()
+    detector = odam.load_detector("synthcrowd-fcos", nms=method)
+    detector.model.score_thresh = 1.1  # nothing scores above it
+    image = torch.rand(3, 64, 96)
+    assert len(detector.detect(image)) == 0 and len(detector.decisions(image)) == 0
+
+
+def test_odam_nms_on_the_default_layer_by_name_runs_the_model_once() -> None:
+    detector = odam.load_detector("synthcrowd-fcos", nms=Suppression("odam-nms", max_candidates=20))
+    calls = []
+    handle = detector.model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    image = torch.rand(3, 64, 96)
+    try:
+        by_name = detector.trace(image, layer="fpn").detections
+        assert len(calls) == 1
+        other = detector.trace(image, layer="backbone.body.c4").detections  # decides on the default maps
+        assert len(calls) == 3
+    finally:
+        handle.remove()
+    assert torch.equal(by_name.boxes, detector.detect(image).boxes) and torch.equal(other.boxes, by_name.boxes)
 
 
 def test_bad_inputs_say_what_is_missing() -> None:

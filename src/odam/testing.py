@@ -341,6 +341,10 @@ def check_bad_input_errors(case: Case) -> None:
         case.image()))
     assert "\n" not in str(err)
     _raises(ValueError, "no module named 'nope.nope'", lambda: adapter.check_layer("nope.nope"))
+    for name in adapter.named_layers:  # every name the adapter declares passes its own check
+        adapter.check_layer(name)
+    assert adapter.default_layer is None or adapter.default_layer in adapter.named_layers, (
+        f"default_layer {adapter.default_layer!r} is not one of named_layers {adapter.named_layers}")
 
 
 def check_candidate_pass(case: Case) -> None:

@@ -317,6 +317,8 @@ class DetectorAdapter(abc.ABC):
     targets: tuple[str, ...] = TARGETS
     #: ``layer=`` names this adapter understands besides the model's module names (``"fpn"``, ``"roi"``...).
     named_layers: tuple[str, ...] = ()
+    #: The one of :attr:`named_layers` that means the same as ``layer=None`` (the default maps), if any.
+    default_layer: str | None = None
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None) -> None:
         self.model = model

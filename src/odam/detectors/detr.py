@@ -137,7 +137,8 @@ class DetrAdapter(DetectorAdapter):
         ((4, 2, 48, 64), ('LABEL_0', 'LABEL_1'))
     """
 
-    named_layers = ("encoder",)
+    named_layers = ("backbone", "encoder")
+    default_layer = "backbone"
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
                  *, threshold: float = THRESHOLD,

@@ -306,6 +306,7 @@ class RetinaFaceAdapter(DetectorAdapter):
     """
 
     named_layers = ("fpn", "ssh")
+    default_layer = "fpn"
 
     def __init__(self, model: RetinaFace, categories: tuple[str, ...] | None = None,
                  score: str = "logit") -> None:

@@ -158,6 +158,7 @@ class OneStageAdapter(DetectorAdapter):
     """FCOS and RetinaNet (and their ``_v2`` variants)."""
 
     named_layers = ("fpn",)
+    default_layer = "fpn"
 
     @staticmethod
     def accepts(model: object) -> bool:
@@ -421,6 +422,7 @@ class TwoStageAdapter(DetectorAdapter):
     """
 
     named_layers = ("fpn", "roi")
+    default_layer = "fpn"
 
     @staticmethod
     def accepts(model: object) -> bool:

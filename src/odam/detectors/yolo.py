@@ -204,7 +204,8 @@ class YoloAdapter(DetectorAdapter):
         torch.Size([2, 96, 120])
     """
 
-    named_layers = ("fpn",)  # the neck maps feeding the head: the default
+    named_layers = ("fpn",)  # the neck maps feeding the head
+    default_layer = "fpn"
 
     def __init__(self, model: nn.Module, categories: tuple[str, ...] | None = None,
                  *, score_threshold: float = 0.25,
@@ -217,11 +218,9 @@ class YoloAdapter(DetectorAdapter):
         super().__init__(inner, categories)
         if not 0 <= iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-        if not isinstance(max_detections, int) or max_detections < 1:
-            raise ValueError(f"max_detections must be a positive int, got {max_detections!r}")
         self.score_threshold = score_threshold
         self.iou_threshold = float(iou_threshold)
-        self._max_detections = max_detections
+        self.max_detections = max_detections
         self.stride = max(int(inner.stride.max()), 32)  # what predict pads to (AutoBackend's stride)
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         if len(size) != 2 or any(not isinstance(s, int) or s < 1 or s % self.stride for s in size):
@@ -253,6 +252,12 @@ class YoloAdapter(DetectorAdapter):
     def max_detections(self) -> int:
         """Ultralytics' ``max_det``."""
         return self._max_detections
+
+    @max_detections.setter
+    def max_detections(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_detections must be a positive int, got {value!r}")
+        self._max_detections = value
 
     @property
     def head(self) -> nn.Module:

@@ -119,7 +119,6 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
     done = image_rows(journal)
     explainer = odam.ODAM(detector.detector, frozen_norm=config.frozen_norm)
     cap = detector.max_detections
-    max_candidates = config.max_candidates
     todo = [r for r in records if r.id not in done]
     warm = True  # the first image of each process is not timed
     device = torch.device(device)
@@ -134,7 +133,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
         image = record.load_image()
         row: dict = {"image_id": record.id, "device": str(device), "seconds": {}, "keep": {}}
         started = clock()
-        trace = detector.trace(image, candidates=True, max_candidates=max_candidates)
+        trace = detector.trace(image, candidates=True, max_candidates=config.max_candidates)
         cands = trace.detections
         t_trace = clock() - started
         row["candidates"] = _boxes(cands.boxes, cands.scores, cands.labels)
@@ -156,7 +155,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
                 row["soft_scores"] = [round(float(s), 6) for s in scores]
         if featurer is not None:
             started = clock()
-            ftrace = featurer.trace(image, candidates=True, max_candidates=max_candidates)
+            ftrace = featurer.trace(image, candidates=True, max_candidates=config.max_candidates)
             keep = featurer.suppress(ftrace).keep
             row["seconds"]["feature-nms"] = clock() - started
             row["feature_candidates"] = _boxes(ftrace.detections.boxes, ftrace.detections.scores,

@@ -110,12 +110,11 @@ class GradientExplainer:
             >>> odam.ODAM(detector).vectors(trace, trace.detections).shape
             torch.Size([3, 3350])
         """
-        dets = detections
         if torch.is_inference_mode_enabled():
             raise RuntimeError("odam-nms needs gradients: run the detector outside torch.inference_mode()")
         H, W = trace.geometry.original
         size = heatmap_vectors(torch.zeros(1, H, W), short_edge).shape[1]
-        vectors = torch.zeros(len(dets), size, device=dets.boxes.device)
+        vectors = torch.zeros(len(detections), size, device=detections.boxes.device)
 
         class Sink:
             dtype = torch.float32
@@ -123,8 +122,8 @@ class GradientExplainer:
             def __setitem__(self, key: tuple[Tensor, Tensor], maps: Tensor) -> None:
                 vectors[key[0]] = heatmap_vectors(maps, short_edge)
 
-        if len(dets):
-            self._fill(trace, dets, ("score",), self._explain_group, Sink())
+        if len(detections):
+            self._fill(trace, detections, ("score",), self._explain_group, Sink())
         return vectors
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:

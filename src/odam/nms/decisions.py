@@ -111,7 +111,8 @@ class Decisions:
         method: the :class:`Suppression` that decided.
         candidates: the candidates, as the detector scored them.
         keep: ``Tensor[K]`` int64, the kept candidates by descending final score: what ``detect`` returns.
-        scores: ``Tensor[N]``, each candidate's final score (Soft-NMS's decayed one; for others the score).
+        scores: ``Tensor[N]``, each candidate's final score: Soft-NMS's decayed one (for a dropped candidate, the
+            decayed score that fell below the threshold); for the other methods the score.
         suppressor: ``Tensor[N]`` int64, the kept candidate that removed each one; -1 for a kept candidate and
             for one that never entered (Soft-NMS's score below its threshold).
         iou: ``Tensor[N]``, the IoU with the suppressor (NaN without one).
@@ -179,10 +180,10 @@ def decide(candidates: Detections, config: Suppression | str, *, vectors: Tensor
     config = Suppression.parse(config)
     n = len(candidates)
     device = candidates.boxes.device
-    if config.method == "odam-nms" and (vectors is None or vectors.shape[:1] != (n,)):
+    if n and config.method == "odam-nms" and (vectors is None or vectors.shape[:1] != (n,)):
         raise ValueError(f"odam-nms needs vectors of shape [{n}, D], got "
                          f"{None if vectors is None else tuple(vectors.shape)}")
-    if config.method == "feature-nms" and (embeddings is None or embeddings.shape[:1] != (n,)):
+    if n and config.method == "feature-nms" and (embeddings is None or embeddings.shape[:1] != (n,)):
         raise ValueError(f"feature-nms needs embeddings of shape [{n}, E], got "
                          f"{None if embeddings is None else tuple(embeddings.shape)}")
     scores = candidates.scores.clone()
@@ -262,7 +263,8 @@ def _soft(c: Detections, idx: Tensor, config: Suppression, scores: Tensor, suppr
     """One class of Soft-NMS: the kept positions within ``idx``; decays ``scores`` and fills the record."""
     boxes, s = c.boxes[idx], c.scores[idx]
     keep, decayed, dropped_by, final = ops.soft_nms_record(boxes, s, config.sigma, config.soft_threshold,
-                                                 config.soft_method, config.iou_threshold)
+                                                           config.soft_method, config.iou_threshold)
+    scores[idx] = final.to(scores.dtype)
     scores[idx[keep]] = decayed
     evidence_out[idx] = (final.float() / s.float().clamp_min(1e-30)).to(evidence_out.dtype)
     b = boxes.float()

@@ -179,8 +179,8 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, score_threshold:
 def soft_nms_record(boxes: Tensor, scores: Tensor, sigma: float, score_threshold: float, method: str,
                     iou_threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`soft_nms`, and per candidate (``Tensor[N]`` each) the kept box whose decay dropped it below
-    ``score_threshold`` (-1 if none did) and its final score (decayed; its last score above the threshold if it
-    was dropped)."""
+    ``score_threshold`` (-1 if none did) and its final score: as kept, or the decayed score that fell below the
+    threshold (the score itself for one that started below it)."""
     _check(boxes, scores)
     if method not in SOFT_METHODS:
         raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
@@ -205,7 +205,7 @@ def soft_nms_record(boxes: Tensor, scores: Tensor, sigma: float, score_threshold
         new = torch.where(alive, current * weight, current)
         dropped = alive & (new < score_threshold)
         dropped_by[dropped] = i
-        current = torch.where(dropped, current, new)  # a dropped box keeps its last score above the threshold
+        current = new
         alive &= ~dropped
     index = torch.tensor(keep, dtype=torch.int64, device=boxes.device)
     values = torch.stack(decayed).to(scores.dtype) if decayed else scores.new_zeros(0)

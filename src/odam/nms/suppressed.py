@@ -54,6 +54,7 @@ class Suppressed(DetectorAdapter):
         self.nms = Suppression.parse(nms, **settings)
         self.targets = inner.targets
         self.named_layers = inner.named_layers
+        self.default_layer = inner.default_layer
 
     def __repr__(self) -> str:
         return f"Suppressed({type(self.detector).__name__}, {self.nms.method!r})"
@@ -61,6 +62,10 @@ class Suppressed(DetectorAdapter):
     @property
     def score_threshold(self) -> float:
         return self.detector.score_threshold
+
+    @score_threshold.setter
+    def score_threshold(self, value: float) -> None:
+        self.detector.score_threshold = value
 
     @property
     def max_detections(self) -> int | None:
@@ -73,17 +78,16 @@ class Suppressed(DetectorAdapter):
         """Detect in ``image`` and return the record of every candidate's fate (:class:`~odam.nms.Decisions`)."""
         return self.suppress(self.trace(image, candidates=True, max_candidates=self.nms.max_candidates))
 
-    def suppress(self, candidates: Trace) -> Decisions:
+    def suppress(self, trace: Trace) -> Decisions:
         """The decisions on a trace made with ``candidates=True`` (of this detector, on its default layer)."""
-        cands = candidates.detections
+        cands = trace.detections
         vectors = embeddings = None
         if len(cands) and self.nms.method == "odam-nms":
             from odam.explainers.odam import ODAM
 
-            vectors = ODAM(self.detector, frozen_norm=self.nms.frozen_norm).vectors(candidates, cands,
-                                                                                   self.nms.short_edge)
+            vectors = ODAM(self.detector, frozen_norm=self.nms.frozen_norm).vectors(trace, cands, self.nms.short_edge)
         elif len(cands) and self.nms.method == "feature-nms":
-            embeddings = self.detector.embeddings(candidates, cands)
+            embeddings = self.detector.embeddings(trace, cands)
         return decide(cands, self.nms, vectors=vectors, embeddings=embeddings, max_detections=self.max_detections)
 
     def run(self, image: Tensor, layer: str | nn.Module | None, candidates: int | None) -> Trace:
@@ -93,7 +97,7 @@ class Suppressed(DetectorAdapter):
         # Odam-NMS compares the default maps (what the method is defined on): the candidates, and so the kept
         # ones, are the same in a trace of another layer.
         basis = trace
-        if layer is not None and self.nms.method == "odam-nms":
+        if layer is not None and layer != self.detector.default_layer and self.nms.method == "odam-nms":
             basis = self.detector.run(image, None, self.nms.max_candidates)
         decided = self.suppress(basis)
         kept = trace.detections
