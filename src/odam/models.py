@@ -1,11 +1,14 @@
 """A small model factory and safetensors checkpoints.
 
-``create_model`` accepts three kinds of name:
+``create_model`` accepts these kinds of name:
 
 * ``"torchvision:<builder>"``: a torchvision detector builder from :data:`BUILDERS`;
 * ``"odam:<arch>"``: an architecture that ``odam train`` builds (:mod:`odam.architectures`), with keywords
   such as ``backbone`` and ``num_classes``;
-* a bundled detector from :data:`BUNDLED` (``"synthcrowd-fcos"``), or the path of a checkpoint directory.
+* a bundled detector from :data:`BUNDLED` (``"synthcrowd-fcos"``), or the path of a checkpoint directory;
+* an Ultralytics YOLO ``.pt`` or ``.yaml`` (``"yolov8n.pt"``, ``"yolo11n.yaml"``, ``"yolo:<file-or-name>"``) or a
+  Hugging Face DETR directory or hub name (``"facebook/detr-resnet-50"``, ``"detr:<dir-or-hub-name>"``), loaded by
+  :mod:`odam.zoo` without unpickling.
 
 A checkpoint is a directory with ``model.safetensors`` (the state dict) and ``config.json``::
 
@@ -34,6 +37,7 @@ from torchvision.models import detection
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from odam import zoo
 from odam._atomic import atomic_path, atomic_write
 from odam.detectors.base import DetectorAdapter
 
@@ -77,15 +81,24 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     Args:
         spec: ``"torchvision:<builder>"`` with a builder from :data:`BUILDERS`, ``"odam:<arch>"`` (see
             :func:`odam.architectures.build_detector`), a name from :data:`BUNDLED`, a name from
-            :data:`PRETRAINED` (``"retinaface"``, with ``pip install 'odam[retinaface]'``), or the path of an
-            odam checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`.
-        weights: for torchvision builders only: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
+            :data:`PRETRAINED` (``"retinaface"``, with ``pip install 'odam[retinaface]'``), the path of an
+            odam checkpoint directory (or of its ``config.json``), see :func:`load_checkpoint`, or a YOLO or
+            DETR spec of :mod:`odam.zoo`: a YOLO ``.pt`` checkpoint or ``.yaml`` model config (``"yolov8n.pt"``,
+            ``"yolo11n.yaml"``, a path, a bare name such as ``"yolov8n"`` for its ``.pt``, or
+            ``"yolo:<file-or-name>"``; ``pip install 'odam[yolo]'``), a DETR directory written by
+            ``save_pretrained`` or a hub name (``"facebook/detr-resnet-50"``, ``"detr:<dir-or-hub-name>"``;
+            ``pip install 'odam[detr]'``).
+        weights: for torchvision builders: ``"default"`` loads torchvision's pretrained COCO weights (downloaded
             by torchvision on first use), ``"none"`` gives random weights and no pretrained backbone
-            (offline). ``odam:`` architectures have no pretrained weights and are always random; a bundled
-            model or checkpoint always brings its own weights.
+            (offline). For a YOLO ``.pt`` or DETR: ``"default"`` reads the file's weights (a ``.pt`` only through
+            Ultralytics' restricted loader, DETR only from safetensors; odam downloads nothing, transformers
+            fetches hub names), ``"none"`` builds the architecture with random weights (a ``.pt`` is not
+            opened). ``odam:`` architectures and YOLO ``.yaml`` configs have no pretrained weights and are always
+            random; a bundled model or checkpoint always brings its own weights.
         **kwargs: passed to the torchvision builder (e.g. ``num_classes``, ``min_size``, ``score_thresh``),
             for ``odam:`` specs to :func:`odam.architectures.build_detector` (e.g. ``backbone``), and for
-            ``"retinaface"`` to :func:`odam.detectors.retinaface.retinaface` (e.g. ``max_size``).
+            ``"retinaface"`` to :func:`odam.detectors.retinaface.retinaface` (e.g. ``max_size``); ``nc`` for a
+            YOLO model with random weights.
 
     Returns:
         The model, in eval mode, on the CPU.
@@ -93,7 +106,8 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     Raises:
         ValueError: for an unknown spec (the message lists the accepted forms), an unknown ``weights``
             value, builder keywords the builder rejects, keywords given with a checkpoint, or an invalid
-            checkpoint.
+            checkpoint; for a YOLO or DETR file that is missing or would need unpickling (one line each).
+        ImportError: naming the extra to install, for a family whose library is missing.
 
     Example:
         >>> model = create_model("torchvision:fcos_resnet50_fpn", weights="none", num_classes=3, min_size=64)
@@ -127,6 +141,8 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with bundled model {spec}")
         return load_checkpoint(bundled_path(spec))[0]
+    if zoo.family(spec):
+        return zoo.load_model(spec, weights=weights, **kwargs)
     if spec and Path(spec).exists():
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with checkpoint {spec}")
@@ -134,7 +150,7 @@ def create_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Mo
     raise ValueError(
         f"unknown model {spec!r}: expected one of {', '.join(BUNDLED + tuple(PRETRAINED))}, '{_PREFIX}<builder>' with "
         "builder one of "
-        f"{', '.join(BUILDERS)}, '{_ODAM}<arch>', or the path of an odam checkpoint directory"
+        f"{', '.join(BUILDERS)}, '{_ODAM}<arch>', the path of an odam checkpoint directory, or {zoo.FORMS}"
     )
 
 
@@ -540,17 +556,21 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
         name_or_path: a bundled name from :data:`BUNDLED` (``"synthcrowd-fcos"``, offline), a real pretrained
             detector from :data:`PRETRAINED` (``"retinaface"``, offline, behind its extra), the path of an odam
             checkpoint, or a spec that :func:`create_model` accepts (``"torchvision:<builder>"``,
-            ``"odam:<arch>"``).
-        weights: for ``torchvision:`` specs, as in :func:`create_model`.
+            ``"odam:<arch>"``, a YOLO ``.pt``/``.yaml``/name such as ``"yolov8n.pt"``, ``"yolo11n.yaml"`` or
+            ``"yolo:<file-or-name>"``, a DETR directory or hub name such as ``"facebook/detr-resnet-50"`` or
+            ``"detr:<dir-or-hub-name>"``).
+        weights: for ``torchvision:`` specs, YOLO ``.pt`` files and DETR, as in :func:`create_model`.
         nms: replace the model's own NMS: ``"nms"``, ``"soft-nms"``, ``"feature-nms"`` or ``"odam-nms"``
             (``"odam"``), or an :class:`odam.nms.Suppression` with settings; ``None`` keeps the model's.
         **kwargs: builder keywords for specs; not allowed with bundled models or checkpoints.
 
     Returns:
-        The adapter; its ``categories`` are the checkpoint's class names (``None`` for a bare spec).
+        The adapter; its ``categories`` are the checkpoint's class names (``None`` for a bare torchvision or odam
+        spec), the model's ``names`` for YOLO and its ``id2label`` for DETR.
 
     Raises:
-        ValueError: one line for an unknown name or an invalid checkpoint.
+        ValueError: one line for an unknown name, an invalid checkpoint or a refused file.
+        ImportError: naming the extra to install, for a family whose library is missing.
 
     Example:
         >>> detector = load_detector("synthcrowd-fcos")
@@ -560,7 +580,8 @@ def load_detector(name_or_path: str | os.PathLike, *, weights: str = "default", 
         'odam-nms'
     """
     spec = os.fspath(name_or_path)
-    if spec in BUNDLED or (spec not in PRETRAINED and not spec.startswith((_PREFIX, _ODAM)) and Path(spec).exists()):
+    if spec in BUNDLED or (spec not in PRETRAINED and not spec.startswith((_PREFIX, _ODAM)) and not zoo.family(spec)
+                           and Path(spec).exists()):
         if kwargs:
             raise ValueError(f"model keywords {sorted(kwargs)} cannot be combined with {spec}")
         model, config = load_checkpoint(bundled_path(spec) if spec in BUNDLED else spec)
