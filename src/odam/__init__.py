@@ -17,7 +17,7 @@ from odam.detectors import DetectorAdapter
 from odam.explainers import DRISE, ODAM, GradCAM, GradCAMPlusPlus
 from odam.models import create_model, load_checkpoint, load_detector, save_checkpoint, wrap_detector
 from odam.structures import TARGETS, Detections, Explanation
-from odam.viz import overlay, save_overlay, save_panel
+from odam.viz import overlay, save_overlay, save_overview, save_panel
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "overlay",
     "save_checkpoint",
     "save_overlay",
+    "save_overview",
     "save_panel",
     "wrap_detector",
 ]

@@ -36,10 +36,19 @@ def heatmap_vectors(maps: Tensor, short_edge: int = SHORT_EDGE) -> Tensor:
         raise ValueError(f"expected maps of shape [N, H, W], got {tuple(maps.shape)}")
     if isinstance(short_edge, bool) or not isinstance(short_edge, int) or short_edge < 1:
         raise ValueError(f"short_edge must be a positive int, got {short_edge!r}")
-    h, w = maps.shape[-2:]
-    scale = short_edge / min(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.adaptive_avg_pool2d(maps[:, None].float(), size).flatten(1)
+    return F.adaptive_avg_pool2d(maps[:, None].float(), vector_grid(*maps.shape[-2:], short_edge)).flatten(1)
+
+
+def vector_grid(height: int, width: int, short_edge: int = SHORT_EDGE) -> tuple[int, int]:
+    """``(rows, columns)`` of the cells :func:`heatmap_vectors` averages an ``height x width`` map to: a vector
+    ``.view(rows, columns)`` is a small map again.
+
+    Example:
+        >>> vector_grid(100, 150)
+        (50, 75)
+    """
+    scale = short_edge / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def unit_vectors(vectors: Tensor, centred: bool = True) -> Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +60,24 @@ class Detections:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
+    def __repr__(self) -> str:
+        """One line of counts and ranges, never the tensors.
+
+        Example:
+            >>> Detections(torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5]]), torch.tensor([0.9, 0.4]),
+            ...            torch.tensor([1, 1]))
+            Detections(2 boxes, scores 0.400-0.900, labels {1: 2}, cpu)
+        """
+        n = len(self)
+        if n == 0:
+            return f"Detections(0 boxes, {self.boxes.device})"
+        lo, hi = (float(v) for v in torch.aminmax(self.scores.detach().float()))
+        labels, counts = torch.unique(self.labels.detach().cpu(), return_counts=True)
+        shown = dict(zip(labels.tolist()[:8], counts.tolist()[:8], strict=True))
+        more = ", ..." if len(labels) > 8 else ""
+        histogram = "{" + ", ".join(f"{k}: {v}" for k, v in shown.items()) + more + "}"
+        return f"Detections({n} boxes, scores {lo:.3f}-{hi:.3f}, labels {histogram}, {self.boxes.device})"
+
     def __getitem__(self, item: int | slice | Tensor | list[int]) -> Detections:
         if isinstance(item, int):
             n = len(self)
@@ -101,6 +119,8 @@ class Explanation:
         detections: the explained detections (``N`` of them).
         targets: names of the explained attributes, e.g. ``("score", "left")``.
         maps: ``Tensor[N, T, H, W]`` float32 at the resolution of the input image, unnormalised.
+        image: the explained image, ``Tensor[3, H, W]`` in [0, 1], as the explainers loaded it (``None`` for an
+            explanation made by hand); what a notebook shows the maps over (:meth:`_repr_html_`).
 
     Example:
         >>> import torch
@@ -113,14 +133,37 @@ class Explanation:
     detections: Detections
     targets: tuple[str, ...]
     maps: Tensor
+    image: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n, t = len(self.detections), len(self.targets)
         if self.maps.ndim != 4 or self.maps.shape[:2] != (n, t):
             raise ValueError(f"expected maps of shape [{n}, {t}, H, W], got {tuple(self.maps.shape)}")
+        if self.image is not None and (self.image.ndim != 3 or self.image.shape != (3, *self.maps.shape[-2:])):
+            raise ValueError(f"expected image of shape [3, {self.maps.shape[-2]}, {self.maps.shape[-1]}] (the maps' "
+                             f"size), got {tuple(self.image.shape)}")
 
     def __len__(self) -> int:
         return len(self.detections)
+
+    def __repr__(self) -> str:
+        """One line of shapes and counts, never the tensors.
+
+        Example:
+            >>> d = Detections(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([0.9]), torch.tensor([1]))
+            >>> Explanation(d, ("score", "left"), torch.zeros(1, 2, 48, 64))
+            Explanation(1 detections x 2 targets (score, left), maps 48x64 float32 on cpu, no image)
+        """
+        h, w = self.maps.shape[-2:]
+        image = "no image" if self.image is None else "with image"
+        return (f"Explanation({len(self)} detections x {len(self.targets)} targets ({', '.join(self.targets)}), "
+                f"maps {h}x{w} {str(self.maps.dtype).removeprefix('torch.')} on {self.maps.device}, {image})")
+
+    def _repr_html_(self) -> str | None:
+        """The explorer page (docs/EXPLORER.md) for this one image, inline in a notebook: an ``<iframe>`` whose
+        boxes, tables and maps can be clicked through, as ``odam explain`` writes them. Drawn by the view that
+        :func:`set_html_view` installed (:mod:`odam.viz.explorer` installs it when odam is imported)."""
+        return None if _html_view is None else _html_view(self)
 
     def map(self, target: str) -> Tensor:
         """``Tensor[N, H, W]``: the maps of one target."""
@@ -131,6 +174,19 @@ class Explanation:
     def combined(self) -> Tensor:
         """``Tensor[N, H, W]``: element-wise max over the per-target maps, each min-max normalised to [0, 1]."""
         return normalize_maps(self.maps).amax(dim=1)
+
+
+_html_view: Callable[[Explanation], str] | None = None
+
+
+def set_html_view(view: Callable[[Explanation], str] | None) -> None:
+    """Install ``view`` as what :meth:`Explanation._repr_html_` shows (``None``: plain text only).
+
+    The drawing lives above this module (:mod:`odam.viz.explorer`, which calls this when it is imported), so this
+    module imports nothing of odam.
+    """
+    global _html_view
+    _html_view = view
 
 
 def check_targets(targets: str | Sequence[str], supported: Sequence[str] = TARGETS) -> tuple[str, ...]:

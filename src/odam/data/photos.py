@@ -12,6 +12,9 @@ name               file                                          package
 ``t1``             ``insightface/data/images/t1.jpg`` (6 people) insightface (``pip install --no-deps``)
 ``collage``        astronaut, camera and grace_hopper side by side, each scaled to 256 pixels high
 =================  ============================================  ==========================================
+
+Beside them, :data:`SCENE` is a SynthCrowd crowd scene that ships inside odam itself (``odam demo`` explains it;
+``odam explain photo:crowd`` names it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ _FILES = {
     "t1": ("insightface", "insightface", "data/images/t1.jpg"),
 }
 PHOTOS: tuple[str, ...] = (*_FILES, "collage")
+#: A SynthCrowd scene (seed 3, image 0, never used for training), 320 x 320, shipped with odam.
+SCENE = Path(__file__).parents[1] / "assets" / "synthcrowd-scene.png"
 COLLAGE = ("astronaut", "camera", "grace_hopper")
 COLLAGE_HEIGHT = 256
 

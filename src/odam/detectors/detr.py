@@ -208,6 +208,12 @@ class DetrAdapter(DetectorAdapter):
     def score_threshold(self) -> float:
         return self.threshold
 
+    @score_threshold.setter
+    def score_threshold(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"threshold must be in [0, 1), got {value!r}")
+        self.threshold = float(value)
+
     @property
     def max_detections(self) -> int:
         """One detection per query at most."""

@@ -100,7 +100,7 @@ class DRISE:
         dets = dets.to(self.detector.device).detach()
         H, W = x.shape[-2:]
         if len(dets) == 0:
-            return Explanation(dets, names, x.new_zeros(0, 1, H, W))
+            return Explanation(dets, names, x.new_zeros(0, 1, H, W), x)
         boxes, labels = dets.boxes.to(x.dtype), dets.labels
         reference = self._reference_probs(self.detector.candidates(x[None], self.max_candidates), boxes, labels)
         grids, shifts = self.draws(self.num_masks, torch.Generator().manual_seed(self.seed))
@@ -115,7 +115,7 @@ class DRISE:
                 saliency += weights.T @ masks.flatten(1)
                 bar.update(len(masks))
         maps = (saliency / self.num_masks).view(len(dets), 1, H, W)
-        return Explanation(dets, names, maps)
+        return Explanation(dets, names, maps, x)
 
     def draws(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The random part of ``n`` masks, drawn on the CPU: kept cells ``Tensor[n, s, s]`` (bool) and shifts

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
 from odam.detectors.base import FeatureGroup, Trace, borrowed
 from odam.heatmaps import SHORT_EDGE, heatmap_vectors
@@ -70,6 +71,8 @@ class GradientExplainer:
         names = check_targets(targets, self.detector.targets)
         if torch.is_inference_mode_enabled():
             raise RuntimeError(f"{type(self).__name__} needs gradients: call explain() outside torch.inference_mode()")
+        if not isinstance(image, Tensor):  # a file or an array: read once, and keep it with the maps
+            image = load_image(image)
         # Given detections need no suppression: their trace is the one before it (the same forward pass).
         trace = (self.detector.trace(image, self.layer) if detections is None
                  else self.detector.trace(image, self.layer, candidates=True))
@@ -79,7 +82,7 @@ class GradientExplainer:
         maps = torch.zeros(len(dets), len(names), H, W, device=dets.boxes.device)
         if len(dets):
             self._fill(trace, dets, names, explain_group, maps)
-        return Explanation(dets.detach(), names, maps)
+        return Explanation(dets.detach(), names, maps, image.detach())
 
     def _fill(self, trace: Trace, dets: Detections, names: tuple[str, ...],
               explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None], out: object) -> None:

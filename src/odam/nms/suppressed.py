@@ -78,11 +78,21 @@ class Suppressed(DetectorAdapter):
         """Detect in ``image`` and return the record of every candidate's fate (:class:`~odam.nms.Decisions`)."""
         return self.suppress(self.trace(image, candidates=True, max_candidates=self.nms.max_candidates))
 
-    def suppress(self, trace: Trace) -> Decisions:
-        """The decisions on a trace made with ``candidates=True`` (of this detector, on its default layer)."""
+    def suppress(self, trace: Trace, vectors: Tensor | None = None) -> Decisions:
+        """The decisions on a trace made with ``candidates=True`` (of this detector, on its default layer).
+
+        Args:
+            trace: the candidate pass.
+            vectors: for Odam-NMS, the candidates' heat-map vectors if already computed (what
+                ``ODAM(self.detector, frozen_norm=self.nms.frozen_norm).vectors(trace, trace.detections,
+                self.nms.short_edge)`` returns; ``odam explain --nms`` also shows them); ``None`` computes them.
+        """
         cands = trace.detections
-        vectors = embeddings = None
-        if len(cands) and self.nms.method == "odam-nms":
+        embeddings = None
+        if vectors is not None and (self.nms.method != "odam-nms" or vectors.shape[0] != len(cands)):
+            raise ValueError(f"vectors are for odam-nms, one row per candidate ({len(cands)}); got "
+                             f"{tuple(vectors.shape)} for {self.nms.method}")
+        if vectors is None and len(cands) and self.nms.method == "odam-nms":
             from odam.explainers.odam import ODAM
 
             vectors = ODAM(self.detector, frozen_norm=self.nms.frozen_norm).vectors(trace, cands, self.nms.short_edge)

@@ -1,7 +1,8 @@
 """What odam draws and writes for people to read.
 
-Heat-map overlays and per-detection panels (:mod:`odam.viz.overlays`): :func:`overlay`, :func:`panel`,
-:func:`save_overlay`, :func:`save_panel`.
+Heat-map overlays, per-detection panels and the numbered overview of an image (:mod:`odam.viz.overlays`):
+:func:`overlay`, :func:`panel`, :func:`overview`, :func:`save_overlay`, :func:`save_panel`, :func:`save_overview`;
+their colours (:mod:`odam.viz.colors`).
 
 Reports (:mod:`odam.viz.report`): :func:`explanations_html`, the page ``odam explain`` writes beside its panels,
 and :func:`detector_report`, the Markdown tables of ``odam evaluate detector``.
@@ -10,7 +11,7 @@ Drawing uses matplotlib's object API with the Agg canvas, never ``pyplot``: it w
 matplotlib's global state alone.
 """
 
-from odam.viz.overlays import overlay, panel, save_overlay, save_panel
+from odam.viz.overlays import overlay, overview, panel, save_overlay, save_overview, save_panel
 from odam.viz.report import DetectorRow, detector_report, explanations_html, format_metric
 
 __all__ = [
@@ -19,7 +20,9 @@ __all__ = [
     "explanations_html",
     "format_metric",
     "overlay",
+    "overview",
     "panel",
     "save_overlay",
+    "save_overview",
     "save_panel",
 ]
