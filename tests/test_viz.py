@@ -103,7 +103,7 @@ def test_blend_by_value_for_every_pixel():
     out = overlay(img, heat, opacity=0.6, cmap="viridis")
     t = ((heat - heat.min()) / (heat.max() - heat.min())).numpy().astype(np.float64)
     np.testing.assert_array_equal(out, blend(img, t, colors.heat_alpha(t, 0.6), "viridis"))
-    np.testing.assert_array_equal(out, blend(img, t, 0.6 * t, "viridis"))  # heat_alpha is opacity * t
+    np.testing.assert_array_equal(out, blend(img, t, 0.6 * np.sqrt(t), "viridis"))  # heat_alpha is opacity * sqrt(t)
 
 
 def test_blend_on_an_absolute_scale_for_every_pixel():
@@ -113,7 +113,7 @@ def test_blend_on_an_absolute_scale_for_every_pixel():
     out = overlay(img, heat, vmin=-1.0, vmax=1.5)
     t = np.clip((heat.numpy().astype(np.float64) + 1.0) / 2.5, 0, 1)
     assert (t == 0).any() and (t == 1).any()
-    np.testing.assert_array_equal(out, blend(img, t, colors.OPACITY * t))
+    np.testing.assert_array_equal(out, blend(img, t, colors.OPACITY * np.sqrt(t)))
 
 
 def test_vmin_vmax_is_an_absolute_scale(image):
@@ -122,7 +122,7 @@ def test_vmin_vmax_is_an_absolute_scale(image):
                                   overlay(image, 2 * heat, vmin=0.0, vmax=8.0))
     # a map far below vmax barely shows; normalised, the same map is at full strength
     faint = overlay(image, heat, vmin=0.0, vmax=1000.0).astype(int)
-    assert np.abs(faint - to_uint8(image)).max() <= 1
+    assert np.abs(faint - to_uint8(image)).max() <= np.rint(255 * colors.OPACITY * np.sqrt(1 / 1000)) + 1
     assert np.abs(overlay(image, heat).astype(int) - to_uint8(image)).max() > 50
     # normalize has no say once there is a scale
     np.testing.assert_array_equal(overlay(image, 5 * heat, vmin=0.0, vmax=4.0, normalize=False),
@@ -306,7 +306,7 @@ def test_a_weak_map_looks_weak_beside_a_strong_one(image):
     score[5, 5], left[5, 5] = 0.0069, 1.57  # inside the box's outline
     arrays = shown(panel(image, maps_of(score, left), 0))
     photo = overlay(image, score, [2.0, 3.0, 9.0, 8.0], alpha=0.0, box_color=class_rgb(1))
-    weakest = np.rint(255 * colors.OPACITY * 0.0069 / 1.57) + 1  # the most a pixel can move, with rounding
+    weakest = np.rint(255 * colors.OPACITY * np.sqrt(0.0069 / 1.57)) + 1  # the most a pixel can move, with rounding
     assert np.abs(arrays[0].astype(int) - photo).max() <= weakest
     assert np.abs(arrays[1].astype(int) - photo).max() > 100
 

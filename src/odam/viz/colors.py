@@ -2,8 +2,9 @@
 
 - Heat maps use :data:`COLORMAP`, a perceptually uniform colormap (matplotlib's ``inferno``), and are blended over
   the photo with a transparency that follows the value: a pixel of value ``t`` in [0, 1] is
-  ``(1 - opacity * t) * photo + opacity * t * colormap(t)``, so a map is invisible where it is zero and the photo
-  is not tinted there (:func:`heat_alpha`).
+  ``(1 - a) * photo + a * colormap(t)`` with ``a = opacity * sqrt(t)`` (:func:`heat_alpha`), so a map is invisible
+  where it is zero and the photo is not tinted there. The square root keeps the middle of a peaked map visible
+  (with ``a = opacity * t``, a third of the peak was a faint purple on real photos).
 - Detections are outlined in a colour per class (:func:`class_color`), from a palette that stays readable on
   photos.
 """
@@ -59,10 +60,10 @@ def colormap_table(name: str = COLORMAP) -> np.ndarray:
 
 
 def heat_alpha(t: np.ndarray, opacity: float = OPACITY) -> np.ndarray:
-    """The blending weight of the colormap at values ``t`` in [0, 1]: ``opacity * t``.
+    """The blending weight of the colormap at values ``t`` in [0, 1]: ``opacity * sqrt(t)``.
 
     Example:
-        >>> heat_alpha(np.array([0.0, 0.5, 1.0]), 0.8).tolist()
+        >>> heat_alpha(np.array([0.0, 0.25, 1.0]), 0.8).tolist()
         [0.0, 0.4, 0.8]
     """
-    return opacity * np.clip(t, 0.0, 1.0)
+    return opacity * np.sqrt(np.clip(t, 0.0, 1.0))

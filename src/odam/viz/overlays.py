@@ -75,7 +75,7 @@ def overlay(
     - else as given: the values must already lie in [0, 1].
 
     Each pixel is then ``(1 - a) * image + a * cmap(t)`` in float64, rounded to uint8. By default
-    (``alpha=None``) the weight follows the value, ``a = opacity * t`` (:func:`odam.viz.colors.heat_alpha`):
+    (``alpha=None``) the weight follows the value, ``a = opacity * sqrt(t)`` (:func:`odam.viz.colors.heat_alpha`):
     where ``t`` is 0 the photo is left as it is, and the hottest pixel is ``opacity`` colour. A number ``alpha``
     gives every pixel that same weight instead (``alpha=0.5, cmap="jet"`` was the default before).
 
@@ -109,8 +109,8 @@ def overlay(
         >>> out = overlay(torch.full((3, 8, 8), 0.5), heat, torch.tensor([1.0, 1.0, 6.0, 6.0]), vmin=0.0, vmax=4.0)
         >>> out.shape, out.dtype.name, out[1, 3].tolist()  # on the outline
         ((8, 8, 3), 'uint8', [0, 255, 0])
-        >>> out[7, 7].tolist(), out[3, 3].tolist()  # 0 leaves the photo; 2.0 is t = 0.5, weight 0.375
-        ([128, 128, 128], [150, 100, 111])
+        >>> out[7, 7].tolist(), out[3, 3].tolist()  # 0 leaves the photo; 2.0 is t = 0.5, weight 0.75 * sqrt(0.5)
+        ([128, 128, 128], [159, 89, 105])
     """
     # No pixel limit here: the heat map already has the image's size, and what follows is small per pixel.
     img = load_image(image, max_pixels=None)
@@ -176,7 +176,7 @@ def panel(
     ``explanation.combined()``: the element-wise max of the maps each min-max normalised, on its own 0..1 scale.
 
     **Look.** Each map is blended as :func:`overlay` does by default: colormap
-    :data:`odam.viz.colors.COLORMAP`, weight ``opacity * t`` for the value ``t`` on the scale, so the photo is
+    :data:`odam.viz.colors.COLORMAP`, weight ``opacity * sqrt(t)`` for the value ``t`` on the scale, so the photo is
     untouched where a map is zero. Every column outlines the box in its class's colour
     (:func:`odam.viz.colors.class_color`). The figure title is ``#index``, the class (its name if ``class_names``
     is given, else ``class 2``) and the score, e.g. ``#3 person 0.87``, as :func:`overview` numbers detections.
