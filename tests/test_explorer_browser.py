@@ -22,7 +22,7 @@ import torch
 from tests.test_explorer import XSS, crowd_case, crowd_image, decode, odam_like
 
 from odam.structures import TARGETS, Detections, Explanation
-from odam.viz.colors import OPACITY
+from odam.viz.colors import OPACITY, heat_alpha
 from odam.viz.explorer import explorer_html, explorer_image, read_explorer
 
 SKIP = "the browser tests need Debian's chromium: apt-get install chromium (and pip install playwright)"
@@ -123,7 +123,8 @@ def expected_alpha(entry: dict, grid: list[int], scale: tuple[float, float], opa
     value = entry["lo"] + q / 255 * (entry["hi"] - entry["lo"])
     span = scale[1] - scale[0]
     t = np.clip((value - scale[0]) / span, 0, 1) if span > 0 else np.zeros_like(value)
-    return np.round(opacity * t * 255)
+    weight = heat_alpha(np.floor(t * 255 + 0.5) / 255, opacity)  # the page looks t up at round(255 t)
+    return np.floor(weight * 255 + 0.5)
 
 
 def shared_scale(entries: dict) -> tuple[float, float]:
@@ -323,14 +324,28 @@ def test_other_image_and_empty_image(page: Any, crowd: dict) -> None:
     check_maps(page, crowd["data"], 0)
 
 
-def test_screenshot(page: Any, crowd: dict, tmp_path: Path) -> None:
-    click_box(page, crowd["data"], 1)
-    wait_maps(page, 1)
-    shot = tmp_path / "explorer.png"
-    page.screenshot(path=str(shot))
+def test_screenshot(browser: Any, tmp_path: Path) -> None:
+    """The main view of the crowd scene with plain names (the page docs/img/explorer.png shows)."""
+    case = crowd_case()
+    data = explorer_image(case["image"], case["explanations"], name="synthcrowd-scene.png",
+                          class_names=["__background__", "person", "child"], decisions=case["decisions"],
+                          candidate_maps=case["candidate_maps"])
+    path = tmp_path / "explorer.html"
+    path.write_text(explorer_html([data], title="odam explain"), encoding="utf-8")
+    problems: list[str] = []
+    context, page = _open(browser, path.as_uri(), problems)
+    try:
+        wait_maps(page, 0)
+        click_box(page, data, 1)
+        wait_maps(page, 1)
+        shot = tmp_path / "explorer.png"
+        page.screenshot(path=str(shot))
+        if os.environ.get("ODAM_SCREENSHOT"):
+            page.screenshot(path=os.environ["ODAM_SCREENSHOT"])
+    finally:
+        context.close()
+    assert problems == []
     assert shot.stat().st_size > 10_000
-    if os.environ.get("ODAM_SCREENSHOT"):
-        page.screenshot(path=os.environ["ODAM_SCREENSHOT"])
 
 
 _TIMED_CLICK = """async ([selector, k]) => {

@@ -6,6 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const page = JSON.parse($("odam-page").textContent);
   const CMAP = page.colormap; // 256 x RGB, flattened
+  const ALPHA = page.alpha; // 256 blending weights at opacity 1 (odam.viz.colors.heat_alpha)
   const DECODED_LIMIT = 600; // decoded maps kept in memory
   // the settings (odam.nms.Suppression) that matter to each method, for the summary line
   const SETTINGS = {
@@ -106,7 +107,7 @@
   }
 
   // Colour q into canvas: value v = lo + q / 255 (hi - lo), t = (v - slo) / (shi - slo) in [0, 1],
-  // colour = colormap(t), alpha = opacity * t (odam.viz.colors.heat_alpha).
+  // colour = colormap(t), alpha = heat_alpha(t, opacity) (odam.viz.colors), both looked up at round(255 t).
   function paint(canvas, entry, values, size, slo, shi) {
     const [gw, gh] = size;
     canvas.width = gw;
@@ -119,9 +120,9 @@
     for (let q = 0; q < 256; q++) {
       const v = entry.lo + (q / 255) * (entry.hi - entry.lo);
       const t = range > 0 ? Math.min(1, Math.max(0, (v - slo) / range)) : 0;
-      const c = Math.round(t * 255) * 3;
-      const a = Math.round(state.opacity * t * 255);
-      lut[q] = ((a << 24) | (CMAP[c + 2] << 16) | (CMAP[c + 1] << 8) | CMAP[c]) >>> 0;
+      const i = Math.round(t * 255);
+      const a = Math.round(state.opacity * ALPHA[i] * 255);
+      lut[q] = ((a << 24) | (CMAP[3 * i + 2] << 16) | (CMAP[3 * i + 1] << 8) | CMAP[3 * i]) >>> 0;
     }
     px.fill(lut[0]);
     if (values) {

@@ -9,7 +9,8 @@ notebook. The page's script and style are ``explorer.js`` and ``explorer.css`` b
 Each image is one ``<script type="application/json" id="odam-image-{i}">`` block (``<``, ``>`` and ``&``
 written as ``\\u003c``, ``\\u003e``, ``\\u0026``), parsed by the page only when the image is first shown; map
 images are decoded only when shown. A block ``id="odam-page"`` holds the title, each image's name and detection
-count, the errors, the colormap (:func:`odam.viz.colors.colormap_table`, 256 x RGB flattened) and the default
+count, the errors, the colormap (:func:`odam.viz.colors.colormap_table`, 256 x RGB flattened), the blending
+weight at opacity 1 of :func:`odam.viz.colors.heat_alpha` at the same 256 values (``alpha``) and the default
 opacity (:data:`odam.viz.colors.OPACITY`).
 
 Schema of one image (what :func:`explorer_image` returns)::
@@ -44,13 +45,14 @@ Schema of one image (what :func:`explorer_image` returns)::
     pairs lists the kept candidates of one class that overlap with IoU > 0.3, by IoU, with the correlation
     (:func:`odam.heatmaps.correlation`) of their candidate maps.
 
-The page shows, in the colours of :mod:`odam.viz.colors` (colormap, alpha = opacity * t, over the photo, which is
-desaturated under a map), each map of the selected detection on one shared absolute scale
-``[min(0, min lo), max hi]`` over its attribute maps ("combined" in its own 0..1 units), or each on its own
-``[lo, hi]`` with "per-map normalisation"; "compare methods" shows every method's map of one target side by side,
-each normalised (methods have different units). The keys left and right select the previous and next detection
-among the table's visible rows, in its current order. Every text of the data (file, class and method names,
-errors, rules) reaches the page as text (``textContent``), never as markup.
+The page shows, in the colours of :mod:`odam.viz.colors` (a value t in [0, 1] has the colormap's colour at
+t with alpha ``heat_alpha(t, opacity)``, over the photo, which is desaturated under a map), each map of the
+selected detection on one shared absolute scale ``[min(0, min lo), max hi]`` over its attribute maps
+("combined" in its own 0..1 units), or each on its own ``[lo, hi]`` with "per-map normalisation"; "compare
+methods" shows every method's map of one target side by side, each normalised (methods have different units).
+The keys left and right select the previous and next detection among the table's visible rows, in its current
+order. Every text of the data (file, class and method names, errors, rules) reaches the page as text
+(``textContent``), never as markup.
 
 DOM hooks (stable; the tests and anyone scripting the page use them)::
 
@@ -108,7 +110,7 @@ from torchvision.ops import box_iou
 
 from odam.heatmaps import correlation
 from odam.structures import Explanation
-from odam.viz.colors import OPACITY, class_color, colormap_table
+from odam.viz.colors import OPACITY, class_color, colormap_table, heat_alpha
 
 if TYPE_CHECKING:
     from odam.nms import Decisions
@@ -239,7 +241,8 @@ def explorer_html(images: Sequence[Mapping], *, title: str, errors: Sequence[Map
             raise ValueError(f"an error must be a dict with image and error, got {e!r}")
         failed.append({"image": str(e["image"]), "error": str(e["error"])})
     page = {"title": str(title), "images": summary, "errors": failed, "opacity": OPACITY,
-            "colormap": colormap_table().reshape(-1).tolist()}
+            "colormap": colormap_table().reshape(-1).tolist(),
+            "alpha": [round(float(a), 6) for a in heat_alpha(np.linspace(0.0, 1.0, 256), 1.0)]}
     parts = ["<!doctype html>", '<html lang="en">', '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{escape(str(title))}</title>", f"<style>\n{_asset('explorer.css', 'style')}</style>",
@@ -314,8 +317,8 @@ _BODY = """<div class="odam-app">
         <img id="odam-photo" alt=""><div id="odam-boxes" class="odam-boxes"></div></div></div></div>
       <div class="odam-side odam-detections">
         <table id="odam-table" class="odam-table">
-          <thead><tr><th data-sort="index">#</th><th data-sort="name">label</th><th data-sort="score">score</th>
-            <th data-sort="box">box</th></tr></thead>
+          <thead><tr><th data-sort="index">#</th><th data-sort="name">label</th>
+            <th data-sort="score" class="odam-num">score</th><th data-sort="box" class="odam-num">box</th></tr></thead>
           <tbody></tbody>
         </table>
       </div>
@@ -347,12 +350,14 @@ _BODY = """<div class="odam-app">
       <label class="odam-ctl"><input type="checkbox" id="odam-pairs-only"> overlapping pairs that were both
         kept</label>
       <table id="odam-nms-table" class="odam-table">
-        <thead><tr><th>cand.</th><th>label</th><th>score</th><th>final</th><th>fate</th><th>IoU</th>
-          <th id="odam-evidence-head">evidence</th><th>rule</th></tr></thead>
+        <thead><tr><th>cand.</th><th>label</th><th class="odam-num">score</th><th class="odam-num">final</th>
+          <th>fate</th><th class="odam-num">IoU</th><th id="odam-evidence-head" class="odam-num">evidence</th>
+          <th>rule</th></tr></thead>
         <tbody></tbody>
       </table>
       <table id="odam-pairs-table" class="odam-table" hidden>
-        <thead><tr><th>kept</th><th>kept</th><th>label</th><th>IoU</th><th>correlation</th></tr></thead>
+        <thead><tr><th>kept</th><th>kept</th><th>label</th><th class="odam-num">IoU</th>
+          <th class="odam-num">correlation</th></tr></thead>
         <tbody></tbody>
       </table>
     </div>
