@@ -17,6 +17,7 @@ import odam
 import odam.metrics
 from odam.cli import main, map_stats
 from odam.models import configure, create_model, save_checkpoint
+from odam.viz import read_explorer
 
 SPEC = "torchvision:fcos_resnet50_fpn"
 #: What the CLI is told; :func:`_reference` builds the same model in-process.
@@ -82,15 +83,18 @@ def test_explain_writes_panels_and_json(run_good: tuple, images: dict[str, Path]
     assert "odam: error" not in stderr
     assert str(out / "explanations.json") in stdout
     report = json.loads((out / "explanations.json").read_text())
-    assert set(report) == {"model", "targets", "images", "errors"}
+    assert set(report) == {"model", "targets", "methods", "images", "errors"}
     assert report["model"] == SPEC and report["targets"] == ["score", "right"] and report["errors"] == []
+    assert report["methods"] == ["odam"]
+    assert "explaining 2 detections (score > 0) with odam" in stdout  # said before the work starts
     [entry] = report["images"]
     assert entry["image"] == str(images["good"])
     assert (entry["width"], entry["height"]) == (80, 64)
     assert len(entry["detections"]) == 2
     for k, det in enumerate(entry["detections"]):
-        assert set(det) == {"box", "score", "label", "level", "index", "panel", "maps"}
-        assert det["panel"] == f"tiny_det{k}.png"
+        assert set(det) == {"box", "score", "label", "level", "index", "panel", "panels", "maps", "methods"}
+        assert det["panel"] == f"tiny_det{k}.png" and det["panels"] == {"odam": det["panel"]}
+        assert det["methods"] == {"odam": det["maps"]}
         with Image.open(out / det["panel"]) as panel:
             assert panel.format == "PNG" and panel.width > panel.height > 0
         assert set(det["maps"]) == {"score", "right"}
@@ -99,8 +103,10 @@ def test_explain_writes_panels_and_json(run_good: tuple, images: dict[str, Path]
             assert 0 <= x < 80 and 0 <= y < 64
             assert 0.0 <= stats["energy_in_box"] <= 1.0
             assert stats["max"] >= 0.0
+    assert entry["overview"] == "tiny_overview.png"
     assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "index.html", "tiny_det0.png",
-                                                     "tiny_det1.png", "tiny_maps.npz"]  # no temporary files left
+                                                     "tiny_det1.png", "tiny_maps.npz",
+                                                     "tiny_overview.png"]  # no temporary files left
 
 
 def test_explain_detections_match_the_library(run_good: tuple, images: dict[str, Path]) -> None:
@@ -183,8 +189,8 @@ def test_explain_from_checkpoint(images: dict[str, Path], tmp_path: Path,
         ("missing file", ["{missing}", "--model", SPEC], ["image not found", "missing.png"]),
         ("corrupt image", ["{corrupt}", "--model", SPEC], ["cannot read image", "corrupt.png"]),
         ("not an image", ["{text}", "--model", SPEC], ["cannot read image", "notes.jpg"]),
-        ("unknown model", ["{good}", "--model", "yolov8"],
-         ["unknown model 'yolov8'", "synthcrowd-fcos", "fcos_resnet50_fpn"]),
+        ("unknown model", ["{good}", "--model", "no-such-model"],
+         ["unknown model 'no-such-model'", "synthcrowd-fcos", "fcos_resnet50_fpn"]),
         ("unknown builder", ["{good}", "--model", "torchvision:yolo"],
          ["unknown torchvision builder 'yolo'"]),
         ("checkpoint dir", ["{good}", "--model", "{root}"],
@@ -231,12 +237,12 @@ def test_bad_image_is_reported_and_skipped(images: dict[str, Path], tmp_path: Pa
     assert "cannot read image" in report["errors"][0]["error"]
     assert [i["image"] for i in report["images"]] == [str(images["good"])]
     assert sorted(p.name for p in out.iterdir()) == ["explanations.json", "index.html", "tiny_det0.png",
-                                                     "tiny_det1.png"]
+                                                     "tiny_det1.png", "tiny_overview.png"]
 
 
 def test_debug_reraises(images: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown model 'yolov8'"):
-        main(["explain", str(images["good"]), "--model", "yolov8", "--out", str(tmp_path), "--debug"])
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+        main(["explain", str(images["good"]), "--model", "no-such-model", "--out", str(tmp_path), "--debug"])
     with pytest.raises(ValueError, match="cannot read image"):
         main(["explain", str(images["corrupt"]), "--model", SPEC, "--out", str(tmp_path), "--debug", *FAST])
 
@@ -301,11 +307,16 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert Path(entry["image"]).name == "synthcrowd-scene.png"
     assert (entry["width"], entry["height"]) == (320, 320)
     assert len(entry["detections"]) >= 10  # the scene has 18 people that are not ignored
-    index = (out / "index.html").read_text()
+    assert report["methods"] == ["odam", "gradcam"] and entry["nms"]["method"] == "odam-nms"
+    [page] = read_explorer((out / "index.html").read_text())  # the explorer: both methods, and Odam-NMS's record
+    assert page["methods"] == ["odam", "gradcam"] and page["nms"]["method"] == "odam-nms"
+    torch.testing.assert_close(torch.tensor([d["box"] for d in page["detections"]]),
+                               torch.tensor([d["box"] for d in entry["detections"]]), rtol=0, atol=1e-4)
+    assert len(page["nms"]["candidates"]) == entry["nms"]["candidates"] > len(entry["detections"])
+    assert (out / entry["overview"]).is_file()
     for det in entry["detections"]:
         assert det["score"] >= 0.5 and det["label"] == 1
-        assert (out / det["panel"]).is_file()
-        assert f"src='{det['panel']}'" in index
+        assert (out / det["panel"]).is_file() and (out / det["panels"]["gradcam"]).is_file()
         assert set(det["maps"]) == set(odam.TARGETS)
 
 
@@ -364,3 +375,161 @@ def test_explain_max_pixels_refuses_or_downscales(tmp_path: Path, capsys: pytest
     assert abs(entry["width"] / entry["height"] - w / h) < 0.02
     code, _, stderr = _run([*base[:-1], "-5", "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and "--max-pixels" in stderr and "positive" in stderr
+
+
+def test_methods_explain_the_same_detections(images: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """--methods: the first finds the detections, every method explains them; the maps in the explorer and the
+    npz are each library explainer's maps of those detections (D-RISE: the score only)."""
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["explain", str(images["good"]), "--model", SPEC, "--out", str(out), "--targets",
+                                 "score,left", "--methods", "odam,gradcam,gradcam++,drise", "--drise-masks", "8",
+                                 "--save-maps", *FAST], capsys)
+    assert code == 0, stderr
+    assert "with odam, gradcam, gradcam++, drise" in stdout
+    [entry] = json.loads((out / "explanations.json").read_text())["images"]
+    det = entry["detections"][0]
+    assert det["panels"] == {"odam": "tiny_det0.png", "gradcam": "tiny_det0_gradcam.png",
+                             "gradcam++": "tiny_det0_gradcampp.png", "drise": "tiny_det0_drise.png"}
+    assert set(det["methods"]["drise"]) == {"score"} and set(det["methods"]["gradcam"]) == {"score", "left"}
+    detector = odam.wrap_detector(_reference())
+    dets = detector.detect(images["good"])
+    expected = {"gradcam": odam.GradCAM(detector).explain(images["good"], ("score", "left"), detections=dets),
+                "drise": odam.DRISE(detector, num_masks=8, progress=False).explain(images["good"], detections=dets)}
+    [page] = read_explorer((out / "index.html").read_text())
+    assert page["methods"] == ["odam", "gradcam", "gradcam++", "drise"]
+    with np.load(out / "tiny_maps.npz", allow_pickle=False) as npz:
+        for method, explanation in expected.items():
+            np.testing.assert_allclose(npz[f"maps_{method}"], explanation.maps.numpy(), rtol=1e-4, atol=1e-7)
+            for k in range(len(dets)):
+                for j, target in enumerate(explanation.targets):
+                    stored = page["maps"][method][k][target]
+                    assert stored["hi"] == pytest.approx(float(explanation.maps[k, j].max()), rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.parametrize("flag", ["--method", "--methods"])
+def test_unknown_method_is_one_line(flag: str, images: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    code, _, stderr = _run(["explain", str(images["good"]), "--model", SPEC, "--out", str(tmp_path), flag,
+                            "odam,lime", *FAST], capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, "unknown --method 'lime'", "gradcam++", "drise")
+
+
+def test_default_score_threshold(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """odam's own models explain detections above 0.5 unless told otherwise (they keep 0.05 for AP, which floods a
+    photo); other models keep their own threshold."""
+    from odam.cli import DEMO_SCENE
+
+    base = ["explain", str(DEMO_SCENE), "--targets", "score", "--no-panels", "--device", "cpu"]
+    code, stdout, stderr = _run([*base, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, stderr
+    assert "(score > 0.5)" in stdout
+    scores = [d["score"] for d in json.loads((tmp_path / "a" / "explanations.json").read_text())["images"][0][
+        "detections"]]
+    expected = odam.load_detector("synthcrowd-fcos")
+    configure(expected.model, score_threshold=0.5)
+    assert scores == pytest.approx(expected.detect(DEMO_SCENE).scores.tolist(), abs=1e-6) and min(scores) > 0.5
+    assert not list((tmp_path / "a").glob("*_det*.png"))  # --no-panels
+    code, stdout, _ = _run([*base, "--out", str(tmp_path / "b"), "--score-threshold", "0.7"], capsys)
+    assert code == 0 and "(score > 0.7)" in stdout
+    code, stdout, stderr = _run(["explain", str(DEMO_SCENE), "--model", SPEC, "--weights", "none", "--targets",
+                                 "score", "--no-panels", "--min-size", "64", "--max-size", "64",
+                                 "--out", str(tmp_path / "c")], capsys)
+    assert code == 0, stderr
+    assert "(score > 0.2)" in stdout  # torchvision's FCOS default
+
+
+def test_named_photos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, stdout, stderr = _run(["explain", "photo:crowd", "photo:astronaut", "--targets", "score", "--no-panels",
+                                 "--max-detections", "1", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "explanations.json").read_text())
+    assert [(e["image"], e["width"], e["height"]) for e in report["images"]] == [("photo:crowd", 320, 320),
+                                                                                 ("photo:astronaut", 512, 512)]
+    assert sorted(p.name for p in tmp_path.glob("*_overview.png")) == ["astronaut_overview.png",
+                                                                       "crowd_overview.png"]
+    code, _, stderr = _run(["explain", "photo:nope", "--out", str(tmp_path / "x"), "--device", "cpu"], capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, "unknown photo 'nope'", "astronaut", "crowd")
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(images: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal, progress is plain lines per detection batch (here every batch: every=0)."""
+    from functools import partial
+
+    from odam.cli import common, explain
+
+    monkeypatch.setattr(explain, "Progress", partial(common.Progress, every=0))
+    monkeypatch.setattr(explain, "DETECTION_BATCH", 1)
+    code, _, stderr = _run(["explain", str(images["good"]), "--model", SPEC, "--out", str(tmp_path),
+                            "--targets", "score", "--methods", "odam,gradcam", *FAST], capsys)
+    assert code == 0, stderr
+    lines = [line.split(" in ")[0] for line in stderr.splitlines()]
+    assert lines == [f"odam: tiny: {n}/4 detection batches" for n in (1, 2, 3, 4)]
+
+
+def test_suppression_view_is_the_decision_record(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--nms: the explorer lists every candidate's fate as Suppressed.decisions records it, and the explained
+    detections are the kept ones."""
+    from odam.cli import DEMO_SCENE
+
+    code, _, stderr = _run(["explain", str(DEMO_SCENE), "--model", "synthcrowd-fcos-odamtrain", "--nms", "odam-nms",
+                            "--targets", "score", "--no-panels", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    detector = odam.load_detector("synthcrowd-fcos-odamtrain", nms="odam")
+    configure(detector.model, score_threshold=0.5)
+    record = detector.decisions(DEMO_SCENE)
+    [page] = read_explorer((tmp_path / "index.html").read_text())
+    shown = page["nms"]["candidates"]
+    assert len(shown) == len(record) and page["nms"]["evidence"] == "correlation"
+    assert [c["rule"] for c in shown] == list(record.rules)
+    assert [c["suppressor"] for c in shown] == record.suppressor.tolist()
+    assert sum(c["fate"] == "kept" for c in shown) == len(record.keep) == len(page["detections"])
+    for c in shown:
+        if c["suppressor"] >= 0:
+            k = c["suppressor"]
+            assert c["iou"] == pytest.approx(float(record.iou[c["index"]]), abs=1e-5)
+            assert c["evidence"] == pytest.approx(float(record.evidence[c["index"]]), abs=1e-4)
+            assert shown[k]["fate"] == "kept"
+    torch.testing.assert_close(torch.tensor([d["box"] for d in page["detections"]]),
+                               record.detections().boxes, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["yolov8n.yaml", "yolo11n.pt"])
+def test_yolo_specs_offline(spec: str, images: dict[str, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture) -> None:
+    """An Ultralytics spec with random weights (--weights none: a .pt names its architecture; nothing is read or
+    downloaded), named by the model's own class names."""
+    code, stdout, stderr = _run(["explain", str(images["good"]), "--model", spec, "--weights", "none", "--out",
+                                 str(tmp_path), "--targets", "score,top", "--score-threshold", "0",
+                                 "--max-detections", "2", "--no-panels", "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "explaining 2 detections (score > 0)" in stdout
+    [page] = read_explorer((tmp_path / "index.html").read_text())
+    assert len(page["detections"]) == 2
+    names = odam.load_detector(spec, weights="none").categories  # a YAML build names its classes by number
+    assert [d["name"] for d in page["detections"]] == [names[d["label"]] for d in page["detections"]]
+    assert any(not page["maps"]["odam"][k][t]["zero"] for k in range(2) for t in ("score", "top"))
+
+
+def test_detr_directory_offline(images: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A DETR saved by save_pretrained (safetensors), with its weights and with random ones."""
+    from tests.cases.detr import tiny_detr
+
+    model = tiny_detr()
+    model.save_pretrained(tmp_path / "detr")
+    for weights in ("default", "none"):
+        out = tmp_path / weights
+        code, stdout, stderr = _run(["explain", str(images["good"]), "--model", str(tmp_path / "detr"), "--weights",
+                                     weights, "--out", str(out), "--targets", "score,left", "--score-threshold", "0",
+                                     "--no-panels", "--device", "cpu"], capsys)
+        assert code == 0, stderr
+        assert "explaining 8 detections (score > 0)" in stdout  # every query of the tiny model
+    expected = odam.wrap_detector(model)
+    expected.score_threshold = 0.0
+    [page] = read_explorer((tmp_path / "default" / "index.html").read_text())
+    torch.testing.assert_close(torch.tensor([d["score"] for d in page["detections"]]),
+                               expected.detect(images["good"]).scores, rtol=0, atol=1e-5)

@@ -3,14 +3,75 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
+from typing import TextIO
 
 import torch
+from tqdm import tqdm
 
 EXIT_ERROR = 2
 #: The shell's status for a command stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 DEFAULT_MODEL = "synthcrowd-fcos"
+#: The score threshold of ``odam demo``, and of ``odam explain`` with odam's own detectors (bundled or trained by
+#: ``odam train``): they keep candidates down to 0.05 for AP, which floods a photo with boxes.
+OWN_SCORE_THRESHOLD = 0.5
+
+
+class Progress:
+    """Progress of ``total`` steps on stderr: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a plain
+    line at most every ``every`` seconds, and one at the end of a run that printed any, so that a long run is never
+    silent and a short one adds nothing to a log.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> with Progress(3, "photo.jpg", "detections", stream=out, every=0) as p:
+        ...     p.update(2)
+        ...     p.update(1)
+        >>> [line.split(" in ")[0] for line in out.getvalue().splitlines()]
+        ['odam: photo.jpg: 2/3 detections', 'odam: photo.jpg: 3/3 detections']
+    """
+
+    def __init__(self, total: int, desc: str, unit: str, *, stream: TextIO | None = None,
+                 every: float = 5.0) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit, file=self.stream,
+                        leave=False) if tty else None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            self._line(now)
+
+    def close(self) -> None:
+        """End the bar; without one, print the last line, unless the whole run took less than ``every``."""
+        if self.bar is not None:
+            self.bar.close()
+            return
+        now = time.monotonic()
+        if self.last > self.start or now - self.start >= self.every:
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        print(f"odam: {self.desc}: {self.done}/{self.total} {self.unit} in {now - self.start:.1f} s",
+              file=self.stream, flush=True)
 
 
 def device(name: str | None) -> torch.device:

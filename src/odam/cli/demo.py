@@ -1,36 +1,40 @@
-"""``odam demo --out DIR``: ``odam explain`` with the bundled model on a bundled scene."""
+"""``odam demo --out DIR``: ``odam explain`` with the bundled model on a bundled scene: ODAM and Grad-CAM side by
+side, and Odam-NMS's decisions, in the explorer page."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import odam
 from odam.cli import common
-from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR
-from odam.cli.explain import explain_images
-from odam.models import configure
+from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR, OWN_SCORE_THRESHOLD
+from odam.cli.explain import explain_images, set_limits
+from odam.data.photos import SCENE
 
 #: A SynthCrowd crowd scene (seed 3, image 0, never used for training), shipped with the package.
-DEMO_SCENE = Path(__file__).parents[1] / "assets" / "synthcrowd-scene.png"
-DEMO_SCORE_THRESHOLD = 0.5
+DEMO_SCENE = SCENE
+DEMO_SCORE_THRESHOLD = OWN_SCORE_THRESHOLD
+#: What the demo shows: ODAM beside Grad-CAM, under Odam-NMS.
+DEMO_METHODS, DEMO_NMS = ("odam", "gradcam"), "odam-nms"
 
 
 def add_parser(sub: Any, common_options: argparse.ArgumentParser) -> None:
     """Add ``demo`` to the subcommands ``sub``; ``common_options`` holds ``--out``, ``--device`` and ``--debug``."""
     demo = sub.add_parser("demo", parents=[common_options], help=f"explain {DEFAULT_MODEL} on a bundled scene",
-                          description=f"Explain every detection of the bundled {DEFAULT_MODEL} (score >= "
-                                      f"{DEMO_SCORE_THRESHOLD}) on a bundled SynthCrowd scene.")
+                          description=f"Explain every detection of the bundled {DEFAULT_MODEL} (score > "
+                                      f"{DEMO_SCORE_THRESHOLD}) on a bundled SynthCrowd scene with "
+                                      f"{' and '.join(DEMO_METHODS)}, under {DEMO_NMS}; open DIR/index.html.")
     demo.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """``odam demo``; returns the exit status."""
     device = common.device(args.device)
-    detector = odam.load_detector(DEFAULT_MODEL)
-    model = configure(detector.model, score_threshold=DEMO_SCORE_THRESHOLD).to(device)
+    detector = odam.load_detector(DEFAULT_MODEL, nms=DEMO_NMS)
+    set_limits(detector, score_threshold=DEMO_SCORE_THRESHOLD)
+    detector.model.to(device)
     print(f"odam demo: {DEFAULT_MODEL} (trained on SynthCrowd, see docs/MODELS.md) on {DEMO_SCENE.name}")
-    failed = explain_images(model, [str(DEMO_SCENE)], args.out, spec=DEFAULT_MODEL, targets=odam.TARGETS,
-                            class_names=detector.categories, debug=args.debug)
+    failed = explain_images(detector, [str(DEMO_SCENE)], args.out, spec=DEFAULT_MODEL, targets=odam.TARGETS,
+                            methods=DEMO_METHODS, class_names=detector.categories, debug=args.debug)
     return EXIT_ERROR if failed else 0

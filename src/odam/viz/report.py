@@ -1,4 +1,5 @@
-"""Reports for people to read: the page beside ``odam explain``'s panels and ``odam evaluate detector``'s tables.
+"""Reports for people to read: ``odam evaluate detector``'s tables (the page of ``odam explain`` is the explorer,
+:mod:`odam.viz.explorer`).
 
 Each function returns text (HTML or Markdown) and writes nothing: the caller decides where it goes.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
 
@@ -19,43 +19,6 @@ def format_metric(value: float | None) -> str:
         ('0.123', 'n/a')
     """
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def explanations_html(report: Mapping[str, Any], class_names: Sequence[str] | None = None) -> str:
-    """A static page with every panel, its label, score and box, in the order of ``explanations.json``.
-
-    Args:
-        report: the content of ``explanations.json``: ``model``, ``targets``, ``images`` (each with ``image`` and
-            ``detections``, each detection with ``panel``, ``label``, ``score`` and ``box``) and ``errors`` (each
-            with ``image`` and ``error``).
-        class_names: names indexed by label; a label without one is shown as its number.
-
-    Returns:
-        The page, ending with a newline; panels are linked by their file names, relative to the page.
-
-    Example:
-        >>> page = explanations_html({"model": "m", "targets": ["score"], "errors": [], "images": [
-        ...     {"image": "a.png", "detections": [{"panel": "a_det0.png", "label": 1, "score": 0.9,
-        ...                                        "box": [1.0, 2.0, 3.0, 4.0]}]}]}, ["__background__", "person"])
-        >>> page.splitlines()[-1]
-        "<figure><img src='a_det0.png' loading='lazy'><figcaption>person 0.90 at (1, 2, 3, 4)</figcaption></figure>"
-    """
-    parts = [f"<!doctype html><meta charset='utf-8'><title>odam: {escape(report['model'])}</title>",
-             "<style>body{font-family:sans-serif} img{max-width:100%} figure{margin:1em 0}</style>",
-             f"<h1>odam: {escape(report['model'])}</h1>",
-             f"<p>Targets: {escape(', '.join(report['targets']))}. Details in "
-             "<a href='explanations.json'>explanations.json</a>.</p>"]
-    for entry in report["images"]:
-        parts.append(f"<h2>{escape(entry['image'])} ({len(entry['detections'])} detections)</h2>")
-        for det in entry["detections"]:
-            label = det["label"]
-            name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else label
-            box = ", ".join(f"{v:.0f}" for v in det["box"])
-            parts.append(f"<figure><img src='{escape(det['panel'])}' loading='lazy'><figcaption>"
-                         f"{escape(str(name))} {det['score']:.2f} at ({box})</figcaption></figure>")
-    for error in report["errors"]:
-        parts.append(f"<p>Failed: {escape(error['image'])}: {escape(error['error'])}</p>")
-    return "\n".join(parts) + "\n"
 
 
 @dataclass(frozen=True)
