@@ -400,12 +400,14 @@ def pixel_size(fig, ax) -> tuple[float, float]:
 def test_small_images_are_shown_enlarged_by_a_whole_factor(tmp_path):
     wide = panel(torch.rand(3, 10, 40), explanation(10, 40), 0)
     tall = panel(torch.rand(3, 40, 10), explanation(40, 10), 0)
-    # blended at their own size, shown 12 times larger: the longer side reaches 480 pixels
+    # blended at their own size, shown 7 times larger: the longer side reaches 256 pixels
     assert shown(wide)[0].shape == (10, 40, 3) and shown(tall)[0].shape == (40, 10, 3)
-    assert pixel_size(wide, wide.axes[0]) == pytest.approx((480, 120), abs=1)
-    assert pixel_size(tall, tall.axes[0]) == pytest.approx((120, 480), abs=1)
-    big = panel(torch.rand(3, 300, 200), big_explanation(300, 200), 0)
-    assert pixel_size(big, big.axes[0]) == pytest.approx((400, 600), abs=1)  # 300 is under 480: twice as large
+    assert pixel_size(wide, wide.axes[0]) == pytest.approx((280, 70), abs=1)
+    assert pixel_size(tall, tall.axes[0]) == pytest.approx((70, 280), abs=1)
+    big = panel(torch.rand(3, 200, 120), big_explanation(200, 120), 0)
+    assert pixel_size(big, big.axes[0]) == pytest.approx((240, 400), abs=1)  # 200 is under 256: twice as large
+    as_is = panel(torch.rand(3, 300, 200), big_explanation(300, 200), 0)
+    assert pixel_size(as_is, as_is.axes[0]) == pytest.approx((200, 300), abs=1)  # 300 is not
 
 
 def test_images_are_shown_pixel_for_pixel_up_to_max_width():

@@ -37,8 +37,9 @@ from odam.viz import colors
 #: Pixels blended at a time in float64 by overlay (about 40 MB of temporaries, matplotlib's included).
 _CHUNK_PIXELS = 1 << 18
 #: A panel image whose longer side is shorter than this many pixels is shown enlarged, by the smallest whole
-#: factor (each pixel a block) that makes it at least this long: a 320-pixel image is shown at 640.
-_PANEL_MIN_SIDE_PX = 480
+#: factor (each pixel a block) that makes it at least this long: a 100-pixel image is shown at 300. (At 480, a
+#: 320-pixel scene's panel was 2200 x 1450 pixels and 1.3 MB.)
+_PANEL_MIN_SIDE_PX = 256
 #: The same for the overview, whose tags need room beside small boxes.
 _OVERVIEW_MIN_SIDE_PX = 640
 #: A panel cell is at least this wide (a narrow image is centred in it), so that titles do not collide.
@@ -184,8 +185,8 @@ def panel(
     **Resolution.** Images are blended at the image's own resolution, at most ``max_width`` pixels wide (and
     ``2 * max_width`` high): a larger image and its maps are shrunk (antialiased bilinear) *before* they are
     coloured and blended, so memory beyond the inputs stays at a few bytes per image pixel, whatever the size.
-    Each blended image is shown pixel for pixel, except that one whose longer side is under 480 pixels is shown
-    enlarged by the smallest whole factor (each pixel a block of pixels) that brings it to 480 or more (but no
+    Each blended image is shown pixel for pixel, except that one whose longer side is under 256 pixels is shown
+    enlarged by the smallest whole factor (each pixel a block of pixels) that brings it to 256 or more (but no
     wider than ``max_width``): a 320-pixel image is shown at 640. Columns wrap onto more rows when a row would
     be wider than 2400 pixels (six 640-pixel columns become two rows of three).
 
