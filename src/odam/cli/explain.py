@@ -204,7 +204,8 @@ def explain_images(
                   f"{', '.join(methods)}", flush=True)
             explanations = _explain(explainers, image, dets, targets, f"{stem}")
             entry = _write_image(out, path, stem, image, explanations, save_maps, panels, class_names)
-            pages.append(explorer_image(image, explanations, name=str(path), class_names=class_names,
+            shown = path if path.startswith(PHOTO_PREFIX) else Path(path).name
+            pages.append(explorer_image(image, explanations, name=shown, class_names=class_names,
                                         decisions=decisions, candidate_maps=vectors))
         except LayerError:
             raise  # the same for every image: stop at the first, with one line
