@@ -7,7 +7,7 @@ One image of 480x640 and one of 1280x960, each with 100 detections x (5 targets 
   as class-activation maps look.
 
 Prints a Markdown table: bytes per image in the page (the JSON block), of which maps, the seconds to build it, and
-the whole page's size.
+the whole page's size. Smooth maps are stored as lossy WebP within odam.viz.explorer.MAP_TOLERANCE (of 255 levels).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_explorer.py
 """

@@ -29,10 +29,16 @@ Schema of one image (what :func:`explorer_image` returns)::
            zero: bool                the map is all zero (lo == hi == 0)
            png: str or null          data URI of an 8-bit grayscale PNG (or lossless WebP, where smaller) of
                                      q = round(255 (v - lo) / (hi - lo)) of the map resized to grid, over crop;
-                                     null when every q is 0
+                                     null when every q is 0; or of a lossy WebP of q (the smallest found) whose
+                                     decoded levels are within MAP_TOLERANCE of q everywhere (see below)
            crop: [x0, y0, x1, y1]    where png lies in the grid (x1, y1 exclusive); q is 0 (the value is lo)
                                      outside it; null with png}
     "combined" is Explanation.combined() of the detection, values in [0, 1] (normalised units).
+    A map whose lossless encoding is over 2 kB (a smooth map over much of the image, as Grad-CAM's: 8-bit
+    rounding noise does not compress losslessly) is stored as lossy WebP where that is smaller and its decoded
+    levels differ from q by at most :data:`MAP_TOLERANCE` (10 levels: 3.9% of the map's [lo, hi] at worst, about
+    1 level RMS) anywhere in crop; a lossy map is a VP8 WebP, a lossless one PNG or VP8L WebP. Local maps (as
+    ODAM's) stay lossless: their q round-trips exactly.
 
     NMS = {method: str, settings: {name: value}, evidence: "correlation" | "embedding distance" | "decay" | null,
            grid: [w, h] of the candidate maps or null,
@@ -121,6 +127,10 @@ EVIDENCE = {"odam-nms": "correlation", "feature-nms": "embedding distance", "sof
 PAIR_IOU = 0.3
 _JPEG_QUALITY = 85
 _WEBP = features.check("webp")
+#: The most a lossy map's decoded 8-bit levels may differ from the levels q it encodes (of 255 over [lo, hi]).
+MAP_TOLERANCE = 10
+_LOSSY_ABOVE = 2048  # bytes of a map's lossless encoding above which lossy WebP is tried
+_LOSSY_QUALITIES = tuple(range(100, 49, -1))  # lossy WebP qualities searched, best first
 _BLOCK = re.compile(r'<script type="application/json" id="odam-image-(\d+)">(.*?)</script>', re.DOTALL)
 
 
@@ -469,7 +479,8 @@ def _encode_maps(maps: Tensor, grid: tuple[int, int], what: str) -> list[dict]:
 
 
 def _gray_uri(q: np.ndarray) -> str:
-    """``q`` (uint8 ``[h, w]``) as a PNG data URI, or lossless WebP where that is smaller."""
+    """``q`` (uint8 ``[h, w]``) as a PNG data URI, or lossless WebP where that is smaller; when that is over
+    ``_LOSSY_ABOVE`` bytes, the smallest lossy WebP found within :data:`MAP_TOLERANCE` of ``q``, if smaller."""
     picture = Image.fromarray(np.ascontiguousarray(q))
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
@@ -479,7 +490,32 @@ def _gray_uri(q: np.ndarray) -> str:
         picture.save(buffer, "WEBP", lossless=True, quality=50, method=1)
         if len(buffer.getvalue()) < len(best):
             best, mime = buffer.getvalue(), "image/webp"
+        if len(best) > _LOSSY_ABOVE:
+            lossy = _lossy_webp(picture, q)
+            if lossy is not None and len(lossy) < len(best):
+                best, mime = lossy, "image/webp"
     return _data_uri(best, mime)
+
+
+def _lossy_webp(picture: Image.Image, q: np.ndarray) -> bytes | None:
+    """The lossy WebP of ``picture`` (grayscale, levels ``q``) at the lowest quality of ``_LOSSY_QUALITIES`` found
+    by bisection whose decoded levels are within :data:`MAP_TOLERANCE` of ``q`` everywhere; ``None`` if none is.
+    (The error grows with falling quality nearly but not strictly monotonically: every candidate is checked.)"""
+    levels = q.astype(np.int16)
+    found = None
+    low, high = 0, len(_LOSSY_QUALITIES) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        buffer = io.BytesIO()
+        picture.save(buffer, "WEBP", quality=_LOSSY_QUALITIES[middle], method=4)
+        data = buffer.getvalue()
+        with Image.open(io.BytesIO(data)) as decoded:
+            back = np.asarray(decoded.convert("RGB"))[..., 0]
+        if back.shape == q.shape and int(np.abs(back.astype(np.int16) - levels).max()) <= MAP_TOLERANCE:
+            found, low = data, middle + 1
+        else:
+            high = middle - 1
+    return found
 
 
 def _suppression(decisions: Decisions, candidate_maps: Tensor | None, main: Explanation,
