@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from odam.structures import TARGETS, Detections, Explanation
-from odam.viz.explorer import _script_json, explorer_html, explorer_image
+from odam.viz.explorer import explorer_html, explorer_image
 
 BUDGET = 3_000_000
 
@@ -76,7 +76,8 @@ def main() -> None:
                                   map_side=map_side)
             seconds = time.perf_counter() - start
             del maps
-            block = len(_script_json(data).encode())
+            # what the image adds to a page: its data block and its entry in the page's index
+            block = len(explorer_html([data], title="bench").encode()) - len(explorer_html([], title="bench").encode())
             map_bytes = sum(len(e["png"] or "") for per in data["maps"]["odam"] for e in per.values())
             rows.append((f"{width}x{height}", kind, map_side, block, map_bytes, len(data["image"]), seconds))
             images.append(data)
