@@ -333,11 +333,17 @@ def test_other_image_and_empty_image(page: Any, crowd: dict) -> None:
 
 
 def test_screenshot(browser: Any, tmp_path: Path) -> None:
-    """The main view of the crowd scene with plain names (the page docs/img/explorer.png shows)."""
-    case = crowd_case()
-    data = explorer_image(case["image"], case["explanations"], name="synthcrowd-scene.png",
-                          class_names=["__background__", "person", "child"], decisions=case["decisions"],
-                          candidate_maps=case["candidate_maps"])
+    """The main view of a real explanation: the bundled synthcrowd-fcos's detections above 0.5 on the bundled
+    scene, explained by ODAM (the page docs/img/explorer.png shows)."""
+    import odam
+    from odam.data.photos import SCENE
+    from odam.models import configure
+
+    detector = odam.load_detector("synthcrowd-fcos")
+    configure(detector.model, score_threshold=0.5)
+    explanation = odam.ODAM(detector).explain(SCENE, TARGETS)
+    data = explorer_image(explanation.image, {"odam": explanation}, name="synthcrowd-scene.png",
+                          class_names=detector.categories)
     path = tmp_path / "explorer.html"
     path.write_text(explorer_html([data], title="odam explain"), encoding="utf-8")
     problems: list[str] = []

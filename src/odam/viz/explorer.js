@@ -36,6 +36,7 @@
   const parsed = new Map(); // image index -> {data, photo (object URL)}
   const decoded = new Map(); // MAP entry -> Promise of {q, x0, y0, w, h} (insertion order = LRU)
   const painted = []; // canvases on screen with what they show, repainted when the opacity changes
+  const nmsPainted = []; // the same for the suppression view's pair of maps
   let scratch = null;
 
   // ---------- small helpers ----------
@@ -545,6 +546,7 @@
     const nms = data.nms;
     const { photo } = image(state.image);
     const generation = ++state.nmsGeneration;
+    nmsPainted.length = 0; // the maps shown before are replaced below
     const suppressed = b >= 0 && nms.candidates[a].suppressor === b;
     const holder = $("odam-nms-maps");
     holder.dataset.candidate = a;
@@ -581,7 +583,7 @@
       if (generation !== state.nmsGeneration) return;
       for (const [canvas, entry, values] of done) {
         paint(canvas, entry, values, nms.grid, entry.lo, entry.hi);
-        painted.push([canvas, entry, values, nms.grid, entry.lo, entry.hi]);
+        nmsPainted.push([canvas, entry, values, nms.grid, entry.lo, entry.hi]);
       }
       holder.dataset.state = "ready";
     }, (error) => console.error("odam explorer: cannot show the candidate maps:", error));
@@ -607,6 +609,7 @@
     opacity.addEventListener("input", () => {
       state.opacity = Number(opacity.value);
       for (const args of painted) paint(...args);
+      for (const args of nmsPainted) paint(...args);
     });
     $("odam-normalise").addEventListener("change", (ev) => {
       state.normalise = ev.target.checked;
