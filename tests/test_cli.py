@@ -457,7 +457,8 @@ def test_named_photos(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_progress_lines_when_stderr_is_not_a_terminal(images: dict[str, Path], tmp_path: Path,
                                                       capsys: pytest.CaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Off a terminal, progress is plain lines per detection batch (here every batch: every=0)."""
+    """Off a terminal, progress is plain lines per detection batch, and per mask batch for D-RISE (here every
+    batch: every=0)."""
     from functools import partial
 
     from odam.cli import common, explain
@@ -465,10 +466,11 @@ def test_progress_lines_when_stderr_is_not_a_terminal(images: dict[str, Path], t
     monkeypatch.setattr(explain, "Progress", partial(common.Progress, every=0))
     monkeypatch.setattr(explain, "DETECTION_BATCH", 1)
     code, _, stderr = _run(["explain", str(images["good"]), "--model", SPEC, "--out", str(tmp_path),
-                            "--targets", "score", "--methods", "odam,gradcam", *FAST], capsys)
+                            "--targets", "score", "--methods", "odam,gradcam,drise", "--drise-masks", "64", *FAST],
+                           capsys)
     assert code == 0, stderr
     lines = [line.split(" in ")[0] for line in stderr.splitlines()]
-    assert lines == [f"odam: tiny: {n}/4 detection batches" for n in (1, 2, 3, 4)]
+    assert lines == [f"odam: tiny: {n}/6 batches" for n in range(1, 7)]  # 2 + 2 detections, 2 x 32 masks
 
 
 def test_suppression_view_is_the_decision_record(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -533,3 +535,47 @@ def test_detr_directory_offline(images: dict[str, Path], tmp_path: Path, capsys:
     [page] = read_explorer((tmp_path / "default" / "index.html").read_text())
     torch.testing.assert_close(torch.tensor([d["score"] for d in page["detections"]]),
                                expected.detect(images["good"]).scores, rtol=0, atol=1e-5)
+
+
+def test_caps_through_the_adapter_or_one_line(images: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """--max-detections reaches a YOLO model under a replaced NMS (the adapter holds the cap); a DETR, whose cap is
+    its number of queries, refuses it in one line."""
+    code, stdout, stderr = _run(["explain", str(images["good"]), "--model", "yolov8n.yaml", "--nms", "nms",
+                                 "--score-threshold", "0", "--max-detections", "2", "--targets", "score",
+                                 "--no-panels", "--out", str(tmp_path / "yolo"), "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "explaining 2 detections" in stdout
+    from tests.cases.detr import tiny_detr
+
+    tiny_detr().save_pretrained(tmp_path / "detr")
+    capsys.readouterr()  # transformers' progress bar while saving
+    code, _, stderr = _run(["explain", str(images["good"]), "--model", str(tmp_path / "detr"), "--max-detections",
+                            "2", "--out", str(tmp_path / "d"), "--device", "cpu"], capsys)
+    assert code == 2
+    _assert_one_error_line(stderr, "--max-detections cannot be set for DetrForObjectDetection")
+
+
+def test_explain_turns_phone_photos_upright(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A JPEG stored 80 wide and 64 high, tagged EXIF orientation 6 (turn 90 degrees clockwise to view), is
+    explained as the viewer shows it: 64 wide and 80 high, with boxes inside that."""
+    stored = np.random.default_rng(3).integers(0, 128, (64, 80, 3), dtype=np.uint8)
+    stored[:16, :16] = 255  # a white block in the stored top-left corner
+    exif = Image.Exif()
+    exif[274] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    code, _, stderr = _run(["explain", str(path), "--model", SPEC, "--out", str(tmp_path / "out"), "--targets",
+                            "score", "--save-maps", *FAST], capsys)
+    assert code == 0, stderr
+    [entry] = json.loads((tmp_path / "out" / "explanations.json").read_text())["images"]
+    assert (entry["width"], entry["height"]) == (64, 80)
+    with np.load(tmp_path / "out" / "phone_maps.npz", allow_pickle=False) as npz:
+        assert npz["maps"].shape[-2:] == (80, 64)
+    upright = odam.load_image(path)
+    assert upright.shape == (3, 80, 64)
+    # the stored pixels turned clockwise: the stored top-left corner is now at the top right
+    assert float(upright[:, 4:12, -12:-4].mean()) > 0.9 and float(upright[:, 4:12, 4:12].mean()) < 0.6
+    for det in entry["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 80

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from odam.cli import _parser
+from odam.cli import build_parser
 from odam.cli.explain import NAMED_IMAGES
 
 ROOT = Path(__file__).parents[1]
@@ -81,7 +81,7 @@ def test_every_command_line_parses() -> None:
     (parsed only; nothing runs)."""
     commands = _command_lines()
     assert len(commands) >= 8
-    parser = _parser()
+    parser = build_parser()
     for argv in commands:
         try:
             parser.parse_args(argv)

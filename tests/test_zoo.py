@@ -103,6 +103,16 @@ def test_family(tmp_path: Path) -> None:
     assert {spec: zoo.family(spec) for spec in cases} == cases
 
 
+def test_a_mistyped_path_is_not_a_hub_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``runs/fcos-odamtrain`` where ``runs`` is a local folder is a checkpoint path with a typo, not a DETR on the
+    hub: it is an unknown model, and nothing is fetched."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert zoo.family("runs/fcos-odamtran") is None and zoo.family("facebook/detr-resnet-50") == "detr"
+    with pytest.raises(ValueError, match="unknown model 'runs/fcos-odamtran'"):
+        odam.load_detector("runs/fcos-odamtran")
+
+
 def test_unknown_model_lists_the_new_forms() -> None:
     with pytest.raises(ValueError) as excinfo:
         create_model("resnet50")

@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,8 @@ def family(spec: str) -> str | None:
         return None
     if _BARE_YOLO.fullmatch(spec):
         return "yolo"
-    return "detr" if _HUB_NAME.fullmatch(spec) else None
+    # owner/name is a hub name, unless "owner" is a local folder: then it is a mistyped path (unknown model)
+    return "detr" if _HUB_NAME.fullmatch(spec) and not path.parent.is_dir() else None
 
 
 def load_model(spec: str, *, weights: str = "default", **kwargs: Any) -> nn.Module:
@@ -217,11 +220,26 @@ def load_detr(source: str, *, weights: str = "default") -> nn.Module:
         if weights == "none":  # transformers 5 builds no pretrained backbone from a config; the flag insists
             model = DetrForObjectDetection(DetrConfig.from_pretrained(source, use_pretrained_backbone=False))
         else:
-            model = DetrForObjectDetection.from_pretrained(source, use_safetensors=True)
+            with _no_progress_bars():  # transformers' "Loading weights" bar, on every load
+                model = DetrForObjectDetection.from_pretrained(source, use_safetensors=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
         where = "" if local else " (odam downloads nothing itself; transformers fetches hub names into its cache)"
         raise ValueError(f"cannot load DETR {source!r}{where}: {_one_line(err)}") from err
     return model.eval()
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Inside the block, transformers draws no progress bars; as before afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 # -- YOLO ---------------------------------------------------------------------------------------------------------

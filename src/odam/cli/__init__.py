@@ -31,6 +31,7 @@ __all__ = [
     "DEMO_SCORE_THRESHOLD",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
+    "build_parser",
     "explain_images",
     "main",
     "map_stats",
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     debug = False
     try:
-        parser = _parser()
+        parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # usage errors and --help
@@ -73,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``odam`` command's argument parser (every subcommand); :func:`main` runs what it parses.
+
+    Example:
+        >>> build_parser().parse_args(["explain", "photo:crowd", "--out", "out"]).methods
+        'odam'
+    """
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     shared.add_argument("--device", default=None,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
-import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ NAMED_IMAGES: tuple[str, ...] = ("crowd", *PHOTOS)
 DETECTION_BATCH = 16
 #: D-RISE's masks per image from the command line (the paper's 5000 take minutes per image on a CPU).
 DRISE_MASKS = 1000
+#: ``index.html`` is rewritten after an image at most this often, in seconds (and after the last one).
+PAGE_EVERY = 30.0
 
 
 def add_parser(sub: Any, common_options: argparse.ArgumentParser) -> None:
@@ -148,12 +151,17 @@ def set_limits(detector: odam.DetectorAdapter, *, score_threshold: float | None 
         try:
             setattr(detector, name, value)
         except AttributeError:  # a property without a setter: the setting lives in the model
-            configure(detector.model, **{name: value})
+            try:
+                configure(detector.model, **{name: value})
+            except TypeError as err:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} cannot be set for {type(detector.model).__name__}: {err}") from err
 
 
 def _own_model(spec: str) -> bool:
-    """Whether ``spec`` names one of odam's own detectors: bundled, or a checkpoint directory."""
-    if spec in BUNDLED:
+    """Whether ``spec`` names one of odam's own detectors: bundled, an ``odam:`` architecture, or a checkpoint
+    directory."""
+    if spec in BUNDLED or spec.startswith("odam:"):
         return True
     config = Path(spec) / "config.json"
     try:
@@ -195,6 +203,7 @@ def explain_images(
     json_path = out / "explanations.json"
     pages: list[dict] = []
     panel_count = 0
+    written = -math.inf  # when index.html was last written
     for n, (path, stem) in enumerate(zip(images, _unique_stems(images), strict=True), 1):
         try:
             image = open_image(path, max_pixels, downscale)
@@ -221,7 +230,10 @@ def explain_images(
             report["images"].append(entry)
             panel_count += len(entry["detections"]) * len(methods) if panels else 0
         atomic_write(json_path, json.dumps(report, indent=2))
-        atomic_write(out / "index.html", explorer_html(pages, title=f"odam: {spec}", errors=report["errors"]))
+        # The page holds every image so far: rewriting it after each would cost time quadratic in their number.
+        if n == len(images) or time.monotonic() - written >= PAGE_EVERY:
+            atomic_write(out / "index.html", explorer_html(pages, title=f"odam: {spec}", errors=report["errors"]))
+            written = time.monotonic()
     print(f"odam: {sum(len(e['detections']) for e in report['images'])} detections of {len(report['images'])} of "
           f"{len(images)} images explained ({panel_count} panels); open {out / 'index.html'}; details in {json_path}")
     return len(report["errors"])
@@ -253,7 +265,7 @@ def _above(detector: odam.DetectorAdapter) -> str:
 
 def _settings(method: str, layer: str | None, drise_masks: int) -> dict[str, Any]:
     if method == "drise":
-        return {"num_masks": drise_masks, "progress": sys.stderr.isatty()}
+        return {"num_masks": drise_masks}
     return {"layer": layer}
 
 
@@ -274,15 +286,22 @@ def _suppression(detector: odam.DetectorAdapter, image: Tensor) -> tuple[Decisio
 
 def _explain(explainers: dict[str, Any], image: Tensor, dets: Detections, targets: Sequence[str],
              name: str) -> dict[str, Explanation]:
-    """Every method's explanation of ``dets``, a batch of detections at a time, with progress."""
-    steps = {m: (1 if m == "drise" else max(1, -(-len(dets) // DETECTION_BATCH))) for m in explainers}
+    """Every method's explanation of ``dets``, with progress: a batch of detections at a time, and for D-RISE a
+    batch of masks at a time."""
+    drise = explainers.get("drise")
+    steps = {m: max(1, -(-len(dets) // DETECTION_BATCH)) for m in explainers}
+    if drise is not None:
+        steps["drise"] = -(-drise.num_masks // drise.batch_size) if len(dets) else 1
     results = {}
-    with Progress(sum(steps.values()), name, "detection batches") as progress:
+    with Progress(sum(steps.values()), name, "batches") as progress:
         for method, explainer in explainers.items():
             wanted = ("score",) if method == "drise" else tuple(targets)
             if method == "drise" or len(dets) == 0:
+                if method == "drise":
+                    explainer.progress = lambda _masks: progress.update()
                 results[method] = explainer.explain(image, wanted, detections=dets)
-                progress.update(steps[method])
+                if method != "drise" or len(dets) == 0:
+                    progress.update(steps[method])
                 continue
             parts = []
             for start in range(0, len(dets), DETECTION_BATCH):

@@ -27,7 +27,7 @@ Choices where the paper leaves room (docs/EVALUATION.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,8 @@ class DRISE:
         keep_probability: probability that a cell is kept (0.5).
         batch_size: masked images per forward pass.
         seed: seeds the masks; the same seed, image and detector give the same maps.
-        progress: show a progress bar over the masks.
+        progress: show a progress bar over the masks; or a callable, called with the number of masks of each
+            batch as it is done (what ``odam explain`` reports progress with).
         max_candidates: candidates per masked image for one-stage detectors (see
             :meth:`odam.DetectorAdapter.candidates`).
 
@@ -68,8 +69,8 @@ class DRISE:
     targets: tuple[str, ...] = ("score",)
 
     def __init__(self, detector: nn.Module | DetectorAdapter, *, num_masks: int = 5000, grid_size: int = 16,
-                 keep_probability: float = 0.5, batch_size: int = 32, seed: int = 0, progress: bool = True,
-                 max_candidates: int = 1000) -> None:
+                 keep_probability: float = 0.5, batch_size: int = 32, seed: int = 0,
+                 progress: bool | Callable[[int], object] = True, max_candidates: int = 1000) -> None:
         for name, value in (("num_masks", num_masks), ("grid_size", grid_size), ("batch_size", batch_size),
                             ("max_candidates", max_candidates)):
             if not isinstance(value, int) or value < 1:
@@ -105,7 +106,9 @@ class DRISE:
         reference = self._reference_probs(self.detector.candidates(x[None], self.max_candidates), boxes, labels)
         grids, shifts = self.draws(self.num_masks, torch.Generator().manual_seed(self.seed))
         saliency = x.new_zeros(len(dets), H * W)
-        bar = tqdm(total=self.num_masks, desc="D-RISE masks", unit="mask", disable=not self.progress, leave=False)
+        report = self.progress if callable(self.progress) else None
+        bar = tqdm(total=self.num_masks, desc="D-RISE masks", unit="mask",
+                   disable=report is not None or not self.progress, leave=False)
         with bar:
             for start in range(0, self.num_masks, self.batch_size):
                 part = slice(start, start + self.batch_size)
@@ -114,6 +117,8 @@ class DRISE:
                 weights = self._weights(found, boxes, labels, reference).to(x.dtype)  # [n, T]
                 saliency += weights.T @ masks.flatten(1)
                 bar.update(len(masks))
+                if report is not None:
+                    report(len(masks))
         maps = (saliency / self.num_masks).view(len(dets), 1, H, W)
         return Explanation(dets, names, maps, x)
 

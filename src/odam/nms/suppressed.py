@@ -71,6 +71,10 @@ class Suppressed(DetectorAdapter):
     def max_detections(self) -> int | None:
         return self.detector.max_detections
 
+    @max_detections.setter
+    def max_detections(self, value: int) -> None:
+        self.detector.max_detections = value  # AttributeError where the adapter's cap lives in the model
+
     def check_layer(self, layer: str | nn.Module | None) -> None:
         self.detector.check_layer(layer)
 

@@ -187,7 +187,7 @@ def panel(
     coloured and blended, so memory beyond the inputs stays at a few bytes per image pixel, whatever the size.
     Each blended image is shown pixel for pixel, except that one whose longer side is under 256 pixels is shown
     enlarged by the smallest whole factor (each pixel a block of pixels) that brings it to 256 or more (but no
-    wider than ``max_width``): a 320-pixel image is shown at 640. Columns wrap onto more rows when a row would
+    wider than ``max_width``): a 100-pixel image is shown at 300. Columns wrap onto more rows when a row would
     be wider than 2400 pixels (six 640-pixel columns become two rows of three).
 
     Args:
