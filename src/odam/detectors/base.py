@@ -436,8 +436,9 @@ class DetectorAdapter(abc.ABC):
     def candidates(self, images: Tensor, max_candidates: int = 1000) -> Candidates:
         """Score a batch of same-size images (``Tensor[B, 3, H, W]`` in [0, 1]) in one pass, before NMS.
 
-        The whole batch goes through the model at once (resizing included); only torchvision's region
-        proposal network, inside two-stage models, still loops over images. Runs without gradients.
+        The whole batch goes through the model at once (resizing included; for two-stage models, the region
+        proposal network's post-processing too: :func:`odam.detectors.batched_rpn.batched_proposals`). Runs
+        without gradients.
 
         Example:
             >>> import torch, torchvision, odam

@@ -40,6 +40,7 @@ from odam.detectors.base import (
     leaf_hook,
     resolve_layer,
 )
+from odam.detectors.batched_rpn import batched_proposals
 from odam.detectors.groups import CropGroup, RoIGroup, RoILevelGroup, leaf_groups, receptive_radius
 from odam.structures import Detections
 
@@ -423,6 +424,10 @@ class TwoStageAdapter(DetectorAdapter):
 
     named_layers = ("fpn", "roi")
     default_layer = "fpn"
+    #: :meth:`candidates` runs the RPN's post-processing on the whole batch at once
+    #: (:func:`~odam.detectors.batched_rpn.batched_proposals`); ``False`` runs torchvision's ``model.rpn``, which
+    #: loops over the images (the same proposals; kept for ``benchmarks/bench_drise.py --rpn-compare``).
+    batched_rpn: bool = True
 
     @staticmethod
     def accepts(model: object) -> bool:
@@ -441,23 +446,27 @@ class TwoStageAdapter(DetectorAdapter):
         m, rh = self.model, self.model.roi_heads
         batch, geometry = _prepare_batch(m, images)
         feats = m.backbone(batch.tensors)
-        proposals = [p[:max_candidates] for p in m.rpn(batch, feats)[0]]  # sorted by objectness
-        pooled = rh.box_roi_pool(feats, proposals, batch.image_sizes)
+        if self.batched_rpn:
+            proposals, _, valid = batched_proposals(m.rpn, batch, feats, max_candidates)  # by objectness
+        else:  # torchvision's RPN, which post-processes image by image
+            per_image = [p[:max_candidates] for p in m.rpn(batch, feats)[0]]
+            proposals = torch.nn.utils.rnn.pad_sequence(per_image, batch_first=True)
+            counts = torch.tensor([len(p) for p in per_image], device=proposals.device)
+            valid = torch.arange(proposals.shape[1], device=counts.device) < counts[:, None]
+            if proposals.shape[1] == 0:
+                proposals, valid = proposals.new_zeros(len(per_image), 1, 4), valid.new_zeros(len(per_image), 1)
+        counts = valid.sum(1)
+        rois = list(proposals[valid].split(counts.tolist()))  # each image's proposals, as MultiScaleRoIAlign takes them
+        pooled = rh.box_roi_pool(feats, rois, batch.image_sizes)  # one roi_align per level for the whole batch
         class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
-        boxes = rh.box_coder.decode(box_regression, proposals)  # [sum P, L, 4]
+        boxes = rh.box_coder.decode(box_regression, rois)  # [sum P, L, 4] ([0, 4 L] when there is none)
+        boxes = boxes.reshape(len(box_regression), box_regression.shape[-1] // 4, 4)
         boxes = geometry.to_original(box_ops.clip_boxes_to_image(boxes, geometry.resized))
         probs = torch.softmax(class_logits, -1)
-        # Pad each image's proposals to a common count M.
-        counts = torch.tensor([len(p) for p in proposals], device=probs.device)
-        which = torch.repeat_interleave(torch.arange(len(proposals), device=probs.device), counts)
-        slot = torch.arange(len(which), device=probs.device) - (torch.cumsum(counts, 0) - counts)[which]
-        size = (len(proposals), max(int(counts.max()), 1) if len(counts) else 1)
-        valid = torch.zeros(size, dtype=torch.bool, device=probs.device)
-        valid[which, slot] = True
-        padded_boxes = boxes.new_zeros(*size, *boxes.shape[1:])
-        padded_boxes[which, slot] = boxes
-        padded_probs = probs.new_zeros(*size, probs.shape[-1])
-        padded_probs[which, slot] = probs
+        padded_boxes = boxes.new_zeros(*valid.shape, *boxes.shape[1:])
+        padded_boxes[valid] = boxes
+        padded_probs = probs.new_zeros(*valid.shape, probs.shape[-1])
+        padded_probs[valid] = probs
         scores = padded_probs.clone()
         scores[..., 0] = 0  # background is never a detection
         return Candidates(padded_boxes, scores, padded_probs, None, valid)
