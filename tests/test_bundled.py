@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 from torchvision.ops import box_iou
@@ -37,6 +38,23 @@ def test_bundled_model_loads_offline_and_is_small(name):
     assert (bundled_path(name) / "model.safetensors").stat().st_size <= 10_000_000
     config = json.loads((bundled_path(name) / "config.json").read_text())
     assert config["kwargs"]["backbone"] == "tiny" and config["metrics"]["AP50"] is not None
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_weights_are_float16_on_disk_and_load_as_exactly_those_values_in_float32(name):
+    """benchmarks/half_weights.py stores floating tensors as float16 (half the wheel); integers stay as they were."""
+    stored = safetensors.torch.load_file(bundled_path(name) / "model.safetensors")
+    floating = {k for k, v in stored.items() if v.is_floating_point()}
+    assert floating and all(stored[k].dtype == torch.float16 for k in floating)
+    assert all(v.dtype == torch.int64 for k, v in stored.items() if k not in floating)  # num_batches_tracked
+    model, _ = odam.load_checkpoint(bundled_path(name))
+    loaded = model.state_dict()
+    assert loaded.keys() == stored.keys()
+    for key, value in stored.items():
+        want = value.to(torch.float32) if key in floating else value
+        assert loaded[key].dtype == want.dtype, key
+        assert torch.equal(loaded[key], want), key
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def _match(found: torch.Tensor, truth: torch.Tensor) -> int:
