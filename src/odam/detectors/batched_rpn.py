@@ -2,9 +2,10 @@
 
 ``RegionProposalNetwork.forward`` runs its head, its anchors, the decoding and the per-level top-k on the whole
 batch, then clips, removes small and low-scoring boxes and runs NMS image by image in Python.
-:func:`batched_proposals` does those last steps on the batch at once: masks instead of per-image indexing, and one
-:func:`torchvision.ops.batched_nms` whose groups are (image, level) pairs, so that NMS never crosses an image or a
-level, as torchvision's per-image NMS by level does. The proposals are the same (tested against ``model.rpn``
+:func:`batched_proposals` does those last steps on the batch at once: masks instead of per-image indexing, and NMS
+by (image, level) group, so that it never crosses an image or a level, as torchvision's per-image NMS by level
+does (``torchvision.ops.batched_nms``; on the CPU one ``nms`` call per group on a slice of the batch sorted by
+group, which is what NMS costs anyway). The proposals are the same (tested against ``model.rpn``
 image by image); only the order of proposals with tied scores may differ.
 """
 
@@ -83,7 +84,7 @@ def batched_proposals(rpn: RegionProposalNetwork, images: ImageList, features: d
     # a stable sort by image makes each image's proposals contiguous and still by descending score.
     groups = image * len(per_level) + torch.cat(levels)[None]
     boxes, scores, image, groups = boxes[keep], scores[keep], image[keep], groups[keep]
-    kept = box_ops.batched_nms(boxes, scores, groups, rpn.nms_thresh)
+    kept = _nms_by_group(boxes, scores, groups, rpn.nms_thresh)
     kept = kept[torch.sort(image[kept], stable=True).indices]
     owner = image[kept]
     counts = torch.bincount(owner, minlength=num_images)
@@ -99,3 +100,27 @@ def batched_proposals(rpn: RegionProposalNetwork, images: ImageList, features: d
     valid = torch.zeros(size, dtype=torch.bool, device=device)
     valid[owner, rank] = True
     return out_boxes, out_scores, valid
+
+
+def _nms_by_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """:func:`torchvision.ops.batched_nms`: indices of the boxes (``Tensor[N, 4]``) kept by NMS within each group
+    (``groups``, ``Tensor[N]`` int64), by descending score.
+
+    On the CPU, batched_nms runs ``nms`` per group after a ``torch.where`` over all N boxes, and its one-call
+    alternative (offset boxes) costs the kept boxes times N; both grow with the batch. Here the boxes are sorted
+    by group once (stably: each group's boxes reach ``nms`` in the order torchvision's per-image call gives them)
+    and ``nms`` runs on each group's contiguous slice. Other devices use batched_nms.
+    """
+    if boxes.device.type != "cpu":
+        return box_ops.batched_nms(boxes, scores, groups, iou_threshold)
+    order = torch.sort(groups, stable=True).indices
+    kept, start = [], 0
+    for count in torch.bincount(groups).tolist():  # the non-empty (image, level) groups, in order
+        if count:
+            part = order[start:start + count]
+            kept.append(part[box_ops.nms(boxes[part], scores[part], iou_threshold)])
+        start += count
+    if not kept:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    keep = torch.cat(kept)
+    return keep[torch.sort(scores[keep], descending=True).indices]
