@@ -162,6 +162,18 @@ def test_error_breakdown_sorts_a_hand_made_case(tiny_data):
     assert counts[0.85]["true"] == 1 and counts[0.85]["duplicate"] == 0
 
 
+def test_error_breakdown_without_thresholds_runs_no_model(tiny_data):
+    """``odam evaluate detector`` without ``--errors`` asks for no thresholds: no pass over the images."""
+    from odam.data import read_dataset
+    from odam.train.evaluate import error_breakdown
+
+    class Refuses(torch.nn.Linear):
+        def forward(self, *args):
+            raise AssertionError("the model ran")
+
+    assert error_breakdown(Refuses(1, 1), read_dataset(tiny_data), []) == {}
+
+
 def test_evaluate_detector_command_writes_its_tables(tiny_data, tmp_path, capsys):
     doc = tmp_path / "MODELS.md"
     args = ["evaluate", "detector", "--model", "synthcrowd-fcos", "--data", str(tiny_data), "--nms", "0.5,0.7",

@@ -137,7 +137,7 @@ def error_breakdown(model: nn.Module, dataset: Dataset, thresholds: list[float])
         0
     """
     counts = {t: {"true": 0, "duplicate": 0, "mislocalised": 0, "background": 0, "objects": 0} for t in thresholds}
-    if not dataset.images:
+    if not dataset.images or not counts:  # no threshold: nothing to count, so no pass over the images
         return counts
     device = next(model.parameters()).device
     was_training = model.training
