@@ -461,10 +461,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal(images: dict[str, Path], t
     batch: every=0)."""
     from functools import partial
 
-    from odam.cli import common, explain
+    from odam.cli import common, outputs
 
-    monkeypatch.setattr(explain, "Progress", partial(common.Progress, every=0))
-    monkeypatch.setattr(explain, "DETECTION_BATCH", 1)
+    monkeypatch.setattr(outputs, "Progress", partial(common.Progress, every=0))
+    monkeypatch.setattr(outputs, "DETECTION_BATCH", 1)
     code, _, stderr = _run(["explain", str(images["good"]), "--model", SPEC, "--out", str(tmp_path),
                             "--targets", "score", "--methods", "odam,gradcam,drise", "--drise-masks", "64", *FAST],
                            capsys)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from odam.cli import build_parser
-from odam.cli.explain import NAMED_IMAGES
+from odam.cli.common import NAMED_IMAGES
 
 ROOT = Path(__file__).parents[1]
 TEXT = (ROOT / "README.md").read_text()

@@ -162,7 +162,8 @@ class Explanation:
     def _repr_html_(self) -> str | None:
         """The explorer page (docs/EXPLORER.md) for this one image, inline in a notebook: an ``<iframe>`` whose
         boxes, tables and maps can be clicked through, as ``odam explain`` writes them. Drawn by the view that
-        :func:`set_html_view` installed (:mod:`odam.viz.explorer` installs it when odam is imported)."""
+        :func:`set_html_view` installed (:mod:`odam.viz.explorer` installs it; ``odam`` imports it when the first
+        name of its API is used)."""
         return None if _html_view is None else _html_view(self)
 
     def map(self, target: str) -> Tensor:

@@ -8,22 +8,25 @@ Ctrl-C stops any command with one line (``odam: interrupted``) and exit status 1
 complete (written atomically, journals line by line), and rerunning a resumable command continues the run.
 
 One module per command: :mod:`odam.cli.explain`, :mod:`odam.cli.demo`, :mod:`odam.cli.train`,
-:mod:`odam.cli.data` and :mod:`odam.cli.evaluate`; what they share is in :mod:`odam.cli.common`.
+:mod:`odam.cli.data` and :mod:`odam.cli.evaluate`; what they share is in :mod:`odam.cli.common`, and
+:mod:`odam.cli.outputs` writes what ``explain`` and ``demo`` produce. A command's module is imported, and its options
+added, only when that command is parsed or its help is shown (:data:`COMMANDS`); torch only when a command runs.
+So ``odam --help``, ``odam explain --help``, ``odam demo --help``, ``odam data --help`` and their argument errors
+answer in a fraction of a second; ``train`` and ``evaluate`` take their defaults from the configurations of the
+library (``TrainConfig``, the runners'), so their options load torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import odam
-from odam.cli import data, demo, evaluate, explain, train
 from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR, EXIT_INTERRUPTED, report_error
 from odam.cli.demo import DEMO_SCENE, DEMO_SCORE_THRESHOLD
-from odam.cli.explain import explain_images, map_stats
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -38,11 +41,52 @@ __all__ = [
 ]
 
 
+#: The subcommands: name, the module that adds its options (``add_arguments(parser)``) and runs it, and its line in
+#: ``odam --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "explain": ("odam.cli.explain", "explain every detection in some images"),
+    "demo": ("odam.cli.demo", f"explain {DEFAULT_MODEL} on a bundled scene"),
+    "train": ("odam.cli.train", "train a detector on a COCO or CrowdHuman dataset"),
+    "data": ("odam.cli.data", "make or describe datasets"),
+    "evaluate": ("odam.cli.evaluate", "measure detectors"),
+}
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line like every other error of the command."""
+    """argparse, but its errors are one line like every other error of the command, and a subcommand's options are
+    added by its module (``filler``) when the subcommand is parsed or its help is shown, not before."""
+
+    def __init__(self, *args: Any, filler: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.filler = filler
+
+    def _fill(self) -> None:
+        if self.filler is not None:
+            module, self.filler = importlib.import_module(self.filler), None
+            module.add_arguments(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._fill()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._fill()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._fill()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"odam: error: {message} (see '{self.prog} --help')\n")
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("explain_images", "map_stats"):  # they import torch: loaded on first use
+        from odam.cli import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module 'odam.cli' has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,24 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``odam`` command's argument parser (every subcommand); :func:`main` runs what it parses.
+    """The ``odam`` command's argument parser (every subcommand, whose options are added when it is parsed);
+    :func:`main` runs what it parses.
 
     Example:
         >>> build_parser().parse_args(["explain", "photo:crowd", "--out", "out"]).methods
         'odam'
     """
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    shared.add_argument("--device", default=None,
-                        help="torch device, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
-    shared.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-
     parser = _Parser(prog="odam", description="Per-detection heat maps for object detectors (ODAM).")
     parser.add_argument("--version", action="version", version=f"odam {odam.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{explain,demo,train,data,evaluate}")
-    explain.add_parser(sub, shared)
-    demo.add_parser(sub, shared)
-    train.add_parser(sub, shared)
-    data.add_parser(sub)
-    evaluate.add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (module, line) in COMMANDS.items():
+        sub.add_parser(name, help=line, filler=module)
     return parser

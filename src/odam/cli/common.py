@@ -1,14 +1,21 @@
-"""What every ``odam`` command shares: exit statuses, the default model, ``--device`` and one-line errors."""
+"""What every ``odam`` command shares: exit statuses, the default model, ``--device`` and one-line errors.
+
+Nothing here imports torch: the parsers are built from this module alone, so that ``odam --help`` and argument
+errors answer at once. The names the parsers list are copies of the library's own (``tests/test_cli_startup.py``
+checks that each copy equals its source); torch comes in when a command runs.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-import torch
-from tqdm import tqdm
+if TYPE_CHECKING:
+    import torch
 
 EXIT_ERROR = 2
 #: The shell's status for a command stopped by Ctrl-C (128 + SIGINT).
@@ -17,6 +24,39 @@ DEFAULT_MODEL = "synthcrowd-fcos"
 #: The score threshold of ``odam demo``, and of ``odam explain`` with odam's own detectors (bundled or trained by
 #: ``odam train``): they keep candidates down to 0.05 for AP, which floods a photo with boxes.
 OWN_SCORE_THRESHOLD = 0.5
+#: D-RISE's masks per image from the command line (the paper's 5000 take minutes per image on a CPU).
+DRISE_MASKS = 1000
+#: ``IMAGE`` arguments of this form name a photo that ships in an installed package (:mod:`odam.data.photos`), or
+#: ``photo:crowd``, the SynthCrowd scene that ships in odam.
+PHOTO_PREFIX = "photo:"
+
+# The library's names that the parsers list (copies; see the module's docstring).
+#: :data:`odam.models.BUNDLED`
+BUNDLED: tuple[str, ...] = ("synthcrowd-fcos", "synthcrowd-fasterrcnn", "synthcrowd-fcos-odamtrain",
+                            "synthcrowd-fasterrcnn-odamtrain", "synthcrowd-fcos-featurenms",
+                            "synthcrowd-fasterrcnn-featurenms")
+#: the keys of :data:`odam.explainers.EXPLAINERS`
+EXPLAINERS: tuple[str, ...] = ("odam", "gradcam", "gradcam++", "drise")
+#: :data:`odam.structures.TARGETS`
+TARGETS: tuple[str, ...] = ("score", "left", "top", "right", "bottom")
+#: :data:`odam.data.photos.PHOTOS`
+PHOTOS: tuple[str, ...] = ("astronaut", "camera", "grace_hopper", "t1", "collage")
+#: :data:`odam._image.MAX_PIXELS`
+MAX_PIXELS = 40_000_000
+#: :data:`odam.data.photos.SCENE`
+SCENE = Path(__file__).parents[1] / "assets" / "synthcrowd-scene.png"
+#: :data:`odam.data.synthcrowd.STYLES`
+STYLES: tuple[str, ...] = ("crowd", "mixed")
+#: What ``photo:NAME`` may name.
+NAMED_IMAGES: tuple[str, ...] = ("crowd", *PHOTOS)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--out``, ``--device`` and ``--debug``, which the commands that write explanations or checkpoints share."""
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
 class Progress:
@@ -41,6 +81,8 @@ class Progress:
         self.done = 0
         self.start = self.last = time.monotonic()
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        from tqdm import tqdm
+
         self.bar = tqdm(total=total, desc=desc, unit=unit[:-1] if unit.endswith("s") else unit, file=self.stream,
                         leave=False) if tty else None
 
@@ -81,6 +123,8 @@ def device(name: str | None) -> torch.device:
         >>> device("cpu")
         device(type='cpu')
     """
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

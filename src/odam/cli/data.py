@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+
+from odam.cli.common import STYLES
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``data`` and its subcommands to the subcommands ``sub``."""
-    from odam.data.synthcrowd import STYLES
-
-    data = sub.add_parser("data", help="make or describe datasets")
+def add_arguments(data: argparse.ArgumentParser) -> None:
+    """Add ``odam data``'s subcommands to its parser."""
     data.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{synthcrowd,stats}")
     gen = data_sub.add_parser("synthcrowd", help="generate a SynthCrowd dataset",

@@ -4,13 +4,9 @@ side, and Odam-NMS's decisions, in the explorer page."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-import odam
 from odam.cli import common
-from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR, OWN_SCORE_THRESHOLD
-from odam.cli.explain import explain_images, set_limits
-from odam.data.photos import SCENE
+from odam.cli.common import DEFAULT_MODEL, EXIT_ERROR, OWN_SCORE_THRESHOLD, SCENE
 
 #: A SynthCrowd crowd scene (seed 3, image 0, never used for training), shipped with the package.
 DEMO_SCENE = SCENE
@@ -19,17 +15,20 @@ DEMO_SCORE_THRESHOLD = OWN_SCORE_THRESHOLD
 DEMO_METHODS, DEMO_NMS = ("odam", "gradcam"), "odam-nms"
 
 
-def add_parser(sub: Any, common_options: argparse.ArgumentParser) -> None:
-    """Add ``demo`` to the subcommands ``sub``; ``common_options`` holds ``--out``, ``--device`` and ``--debug``."""
-    demo = sub.add_parser("demo", parents=[common_options], help=f"explain {DEFAULT_MODEL} on a bundled scene",
-                          description=f"Explain every detection of the bundled {DEFAULT_MODEL} (score > "
-                                      f"{DEMO_SCORE_THRESHOLD}) on a bundled SynthCrowd scene with "
-                                      f"{' and '.join(DEMO_METHODS)}, under {DEMO_NMS}; open DIR/index.html.")
+def add_arguments(demo: argparse.ArgumentParser) -> None:
+    """Add the options of ``odam demo`` to its parser."""
+    demo.description = (f"Explain every detection of the bundled {DEFAULT_MODEL} (score > {DEMO_SCORE_THRESHOLD}) "
+                        f"on a bundled SynthCrowd scene with {' and '.join(DEMO_METHODS)}, under {DEMO_NMS}; open "
+                        "DIR/index.html.")
+    common.add_output_options(demo)
     demo.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """``odam demo``; returns the exit status."""
+    import odam
+    from odam.cli.outputs import explain_images, set_limits
+
     device = common.device(args.device)
     detector = odam.load_detector(DEFAULT_MODEL, nms=DEMO_NMS)
     set_limits(detector, score_threshold=DEMO_SCORE_THRESHOLD)

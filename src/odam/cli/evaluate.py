@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from odam.cli import common
-from odam.cli.common import DEFAULT_MODEL
-from odam.models import BUNDLED, configure
-from odam.viz import DetectorRow, detector_report
+from odam.cli.common import BUNDLED, DEFAULT_MODEL
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``evaluate`` and its subcommands to the subcommands ``sub``."""
-    evaluate = sub.add_parser("evaluate", help="measure detectors")
+def add_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """Add ``odam evaluate``'s subcommands to its parser (their defaults are the runners' configurations')."""
     evaluate.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     ev_sub = evaluate.add_subparsers(dest="evaluate_command", required=True,
                                      metavar="{detector,explanations,correlation,compare,nms}")
@@ -154,8 +150,9 @@ def run_detector(args: argparse.Namespace) -> int:
     """``odam evaluate detector``; returns the exit status."""
     from odam.data import read_dataset
     from odam.data.stats import write_block
-    from odam.models import bundled_path, load_checkpoint
+    from odam.models import bundled_path, configure, load_checkpoint
     from odam.train.evaluate import coco_metrics, error_breakdown, evaluate_coco, oracle_results
+    from odam.viz import DetectorRow, detector_report
 
     device = common.device(args.device)
     data = read_dataset(args.data)
@@ -213,7 +210,8 @@ def run_explanations(args: argparse.Namespace) -> int:
         steps=args.steps, eval_every=args.eval_every, sanity_objects=args.sanity_objects, seed=args.seed,
     )
     device = common.device(args.device)
-    run(config, args.out, device=device, imports=args.imports)
+    if run(config, args.out, device=device, imports=args.imports) is None:
+        return 0  # a rank other than 0 under torchrun: rank 0 reports
     summary = summarize(args.out)
     text = (args.out / "summary.md").read_text(encoding="utf-8").rstrip("\n")
     print(text)
@@ -246,12 +244,16 @@ def run_correlation(args: argparse.Namespace) -> int:
     names = [Path(spec).name for spec in args.model]
     if len(set(names)) < len(names):
         raise ValueError(f"models need distinct names, for OUT/<name>: got {', '.join(names)}")
-    device = common.device(args.device)
+    from odam._distributed import process_group
+
     summaries = []
-    for spec in args.model:
-        config = CorrelationConfig(data=str(args.data), model=spec, max_images=args.max_images,
-                                   score_threshold=args.score_threshold, overlap_iou=args.overlap_iou)
-        summaries.append(run(config, args.out / Path(spec).name, device=device))
+    with process_group(common.device(args.device)) as (rank, _, device):  # one group for every model under torchrun
+        for spec in args.model:
+            config = CorrelationConfig(data=str(args.data), model=spec, max_images=args.max_images,
+                                       score_threshold=args.score_threshold, overlap_iou=args.overlap_iou)
+            summaries.append(run(config, args.out / Path(spec).name, device=device))
+    if rank != 0:
+        return 0  # rank 0 reports
     text = (f"`odam evaluate correlation --data {args.data} --model {' '.join(args.model)} --max-images "
             f"{args.max_images} --score-threshold {args.score_threshold:g} --overlap-iou {args.overlap_iou:g}`\n\n"
             + markdown(summaries))
@@ -276,14 +278,18 @@ def run_nms(args: argparse.Namespace) -> int:
         raise ValueError(f"give one --feature-model, or one per --model ({len(args.model)}), not {len(features)}")
     features = features * len(args.model) if len(features) == 1 else features
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    device = common.device(args.device)
+    from odam._distributed import process_group
+
     summaries = []
-    for spec, feature in zip(args.model, features, strict=True):
-        config = NmsConfig(data=str(args.data), model=spec, feature_model=feature, methods=methods,
-                           max_images=args.max_images, low=args.low, high=args.high, frozen_norm=not args.exact_maps,
-                           short_edge=args.short_edge, centred=not args.cosine, max_candidates=args.max_candidates,
-                           sweep=args.sweep)
-        summaries.append(run(config, args.out / Path(spec).name, device=device))
+    with process_group(common.device(args.device)) as (rank, _, device):  # one group for every model under torchrun
+        for spec, feature in zip(args.model, features, strict=True):
+            config = NmsConfig(data=str(args.data), model=spec, feature_model=feature, methods=methods,
+                               max_images=args.max_images, low=args.low, high=args.high,
+                               frozen_norm=not args.exact_maps, short_edge=args.short_edge, centred=not args.cosine,
+                               max_candidates=args.max_candidates, sweep=args.sweep)
+            summaries.append(run(config, args.out / Path(spec).name, device=device))
+    if rank != 0:
+        return 0  # rank 0 reports
     command = (f"`odam evaluate nms --data {args.data} --model {' '.join(args.model)}"
                + (f" --feature-model {' '.join(args.feature_model)}" if args.feature_model else "")
                + f" --methods {','.join(methods)}" + (f" --max-images {args.max_images}" if args.max_images else "")

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from odam.cli import common
-from odam.viz import format_metric
 
 
-def add_parser(sub: Any, common_options: argparse.ArgumentParser) -> None:
-    """Add ``train`` to the subcommands ``sub``; ``common_options`` holds ``--out``, ``--device`` and ``--debug``."""
+def add_arguments(train: argparse.ArgumentParser) -> None:
+    """Add the options of ``odam train`` to its parser (its defaults are :class:`odam.train.TrainConfig`'s)."""
     from odam.architectures import ARCHITECTURES, BACKBONES
     from odam.train import TrainConfig
 
     d = TrainConfig(model="fcos", data="", out="")
-    train = sub.add_parser(
-        "train", parents=[common_options], help="train a detector on a COCO or CrowdHuman dataset",
-        description="Train a torchvision detector from scratch; writes an odam checkpoint to --out after every "
-                    "epoch and evaluates COCO mAP/AP50 at the end. Under 'torchrun --nproc-per-node N -m odam "
-                    "train ...' it trains with DistributedDataParallel.")
+    train.description = ("Train a torchvision detector from scratch; writes an odam checkpoint to --out after every "
+                         "epoch and evaluates COCO mAP/AP50 at the end. Under 'torchrun --nproc-per-node N -m odam "
+                         "train ...' it trains with DistributedDataParallel.")
+    common.add_output_options(train)
     train.add_argument("--model", required=True, choices=ARCHITECTURES)
     train.add_argument("--backbone", default=d.backbone, choices=BACKBONES, help=f"(default: {d.backbone})")
     train.add_argument("--data", required=True, help="dataset folder (annotations.json or annotations.odgt and "
@@ -60,6 +57,7 @@ def add_parser(sub: Any, common_options: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``odam train``; returns the exit status."""
     from odam.train import TrainConfig, train
+    from odam.viz import format_metric
 
     device = common.device(args.device)
     config = TrainConfig(model=args.model, backbone=args.backbone, data=args.data, out=str(args.out), val=args.val,
