@@ -41,6 +41,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from odam import _distributed
 from odam._atomic import atomic_path, atomic_write
 from odam.architectures import ARCHITECTURES, BACKBONES
 from odam.data import Dataset, read_dataset
@@ -197,7 +198,7 @@ def shard(num_images: int, epoch: int, seed: int, rank: int, world: int, batch_s
     order = rng.permutation(num_images)
     flips = rng.random(num_images)
     steps = num_images // (world * batch_size)
-    mine = order[rank::world][: steps * batch_size]
+    mine = _distributed.shard(order, rank, world)[: steps * batch_size]
     return [(int(i), bool(flips[i] < flip)) for i in mine]
 
 
@@ -255,13 +256,6 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a detector and write its checkpoint to ``config.out``; returns the final JSON state.
 
@@ -275,7 +269,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         RuntimeError: when ranks diverge, or (on the other ranks) when rank 0 could not save a checkpoint.
     """
     config.check()
-    rank, world, local = _distributed()
+    rank, world, local = _distributed.environment()
     device = torch.device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local)
@@ -387,7 +381,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                 bar.update()
             model.transform.min_size, model.transform.max_size = eval_sizes
             _average_buffers(model, world)
-            seen = _gather(loaded, world)
+            seen = _distributed.gather(loaded, world)
             state["epoch"] = epoch + 1
             state["history"].append({
                 "epoch": epoch + 1, **{k: v / iters for k, v in sums.items()}, "lr_end": lr,
@@ -403,7 +397,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
                     _save(out, model, optimizer, state, config, data)
                 except Exception as err:  # reported on every rank below, then raised here
                     failure = err
-            errors = _gather(None if failure is None else " ".join(str(failure).split()), world)
+            errors = _distributed.gather(None if failure is None else " ".join(str(failure).split()), world)
             if failure is not None:
                 raise failure
             if errors[0] is not None:
@@ -411,7 +405,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, res
     finally:
         bar.close()
         model.transform.min_size, model.transform.max_size = eval_sizes
-    digests = _gather(_digest(model), world)
+    digests = _distributed.gather(_digest(model), world)
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks hold different weights after training: {digests}")
     state["rank_weight_sha256"] = digests
@@ -448,14 +442,6 @@ def _short(name: str) -> str:
     return {"classification": "cls", "bbox_regression": "box", "bbox_ctrness": "ctr", "loss_classifier": "cls",
             "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn",
             "embedding": "emb"}.get(name, name)
-
-
-def _gather(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:
