@@ -17,7 +17,9 @@ the cosine an all-zero map counts as 0. The pair counts reported are the cosine'
 A model that discriminates objects well has a high same-object correlation, a low different-object one, and a
 wide gap between them.
 
-Per-image sums are written to ``images.jsonl`` as they are computed, so a rerun resumes.
+Per-image sums are written to ``images.jsonl`` as they are computed, so a rerun resumes. Under ``torchrun`` the
+images are shared among the ranks (every ``world``-th), each rank writes ``images.rank{r}.jsonl`` and rank 0
+writes the summary, the same as one process's (:mod:`odam.evaluation.journal`, docs/EVALUATION.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +37,8 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from odam._atomic import atomic_write
-from odam.evaluation.journal import append_row, check_settings, image_rows
+from odam._distributed import process_group, shard, sync_point
+from odam.evaluation.journal import Journal, check_settings, image_key, image_rows
 from odam.heatmaps import correlation, heatmap_vectors, undefined
 
 KINDS = ("same", "different")
@@ -113,49 +117,64 @@ def pairs(pred_boxes: Tensor, gt_boxes: Tensor, gt_ignore: Tensor, assign_iou: f
 
 
 def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "cpu",
-        progress: bool = True) -> dict:
+        progress: bool = True) -> dict | None:
     """Measure the correlations over the first ``max_images`` images of ``config.data``; returns the summary,
-    also written to ``out/summary.json`` and ``out/summary.md``."""
+    also written to ``out/summary.json`` and ``out/summary.md``.
+
+    Under ``torchrun`` each rank measures every ``world``-th image (of the first ``max_images``) that no journal
+    holds yet, and rank 0 summarises them all once every rank is done; the other ranks return ``None``.
+    """
     import odam
     from odam.data import read_dataset
     from odam.models import configure
 
-    config.check()
-    data = read_dataset(config.data)
-    records = data.images[: config.max_images]
-    journal = out / "images.jsonl"
-    detector = odam.load_detector(config.model)
-    configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
-              max_detections=config.max_predictions)
-    detector.model.to(device)
-    # every setting, the data and the model are checked: only now is the folder claimed
-    check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")), [journal])
-    done = image_rows(journal)
-    explainer = odam.ODAM(detector)
-    todo = [r for r in records if r.id not in done]
-    for record in tqdm(todo, desc="correlation", unit="image", disable=not progress, dynamic_ncols=True):
-        image = record.load_image().to(device)
-        explanation = explainer.explain(image)
-        dets = explanation.detections
-        gt = record.clipped_boxes_tensor(dets.boxes.device)
-        ignore = torch.as_tensor(np.asarray(record.ignore, bool), device=gt.device)
-        found = pairs(dets.boxes, gt, ignore, config.assign_iou, config.overlap_iou)
-        row: dict = {"image_id": record.id, "predictions": len(dets)}
-        if len(dets) >= 2:
-            sims = correlations(heatmap_vectors(explanation.maps[:, 0], config.short_edge))
-        for kind in KINDS:
-            idx = found[kind]
-            for measure in MEASURES:
-                values = sims[measure][idx[:, 0], idx[:, 1]] if len(idx) else torch.zeros(0)
-                values = values[~torch.isnan(values)]
-                row[f"{kind}_{measure}_sum"] = float(values.double().sum())
-                row[f"{kind}_{measure}_n"] = len(values)
-        append_row(journal, row)
-    rows = image_rows(journal)
+    with process_group(device) as (rank, world, device):
+        with sync_point(world):
+            config.check()
+            data = read_dataset(config.data)
+            records = data.images[: config.max_images]
+            path = out / "images.jsonl"
+            detector = odam.load_detector(config.model)
+            configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
+                      max_detections=config.max_predictions)
+            detector.model.to(device)
+            if rank == 0:  # every setting, the data and the model are checked: only now is the folder claimed
+                check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")), [path])
+        with sync_point(world):
+            journal = Journal(path, image_key, rank)
+            explainer = odam.ODAM(detector)
+            todo = [r for r in shard(records, rank, world) if r.id not in journal]
+            for record in tqdm(todo, desc="correlation", unit="image", disable=not (progress and rank == 0),
+                               dynamic_ncols=True):
+                journal.extend([_measure(config, explainer, record, device)])
+    if rank != 0:
+        return None
+    rows = image_rows(path)
     summary = summarize(config, [rows[r.id] for r in records if r.id in rows])
     atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write(out / "summary.md", markdown([summary]) + "\n")
     return summary
+
+
+def _measure(config: CorrelationConfig, explainer: Any, record: Any, device: torch.device) -> dict:
+    """One image's record: its prediction count and, per kind of pair and measure, the sum and the count."""
+    image = record.load_image().to(device)
+    explanation = explainer.explain(image)
+    dets = explanation.detections
+    gt = record.clipped_boxes_tensor(dets.boxes.device)
+    ignore = torch.as_tensor(np.asarray(record.ignore, bool), device=gt.device)
+    found = pairs(dets.boxes, gt, ignore, config.assign_iou, config.overlap_iou)
+    row: dict = {"image_id": record.id, "predictions": len(dets)}
+    if len(dets) >= 2:
+        sims = correlations(heatmap_vectors(explanation.maps[:, 0], config.short_edge))
+    for kind in KINDS:
+        idx = found[kind]
+        for measure in MEASURES:
+            values = sims[measure][idx[:, 0], idx[:, 1]] if len(idx) else torch.zeros(0)
+            values = values[~torch.isnan(values)]
+            row[f"{kind}_{measure}_sum"] = float(values.double().sum())
+            row[f"{kind}_{measure}_n"] = len(values)
+    return row
 
 
 def summarize(config: CorrelationConfig, rows: list[dict]) -> dict:

@@ -6,6 +6,11 @@ Each method explains the same detections; each (object, method) gives one JSON l
 written as soon as the image's maps are measured. A rerun of the same command skips what is there, so a
 killed run loses at most the image in progress, and the summary (:mod:`odam.evaluation.report`) is computed
 from the lines alone, sorted, so it does not depend on how often the run was interrupted.
+
+Under ``torchrun`` the dataset's images are shared among the ranks (image ``i`` to rank ``i % world``). Every
+rank runs the detector over the images in order to number the objects as one process does, and measures the
+objects of its own images; rank ``r`` writes ``objects.rank{r}.jsonl`` and ``sanity.rank{r}.jsonl``
+(:mod:`odam.evaluation.journal`), and the summary, written once by rank 0, reads them all (docs/EVALUATION.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
 import odam
+from odam._distributed import process_group, shard, sync_point
 from odam.data import Dataset, ImageRecord, read_dataset
 from odam.detectors import DetectorAdapter
 from odam.evaluation.journal import ObjectJournal, claim, object_records
@@ -111,28 +117,48 @@ class Target:
 
 
 def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cpu", progress: bool = True,
-        imports: Sequence[Path] = ()) -> Path:
+        imports: Sequence[Path] = ()) -> Path | None:
     """Measure every method on every selected object; append to ``out/objects.jsonl`` and ``out/sanity.jsonl``.
 
     First the records of the runs in ``imports`` are added (see :func:`import_records`). Returns ``out``.
     Raises ``ValueError`` (one line) for a dataset or model that cannot be used, or when ``out`` holds a run
     with other settings; ``out`` is claimed only once the dataset and the model are known to fit.
+
+    Under ``torchrun`` rank ``r`` measures the objects of the images ``r``, ``r + world``, ... of the dataset that
+    no journal holds yet, into ``objects.rank{r}.jsonl`` and ``sanity.rank{r}.jsonl`` (rank 0: the usual names);
+    rank 0 alone claims ``out`` and imports, all ranks wait for each other at the end, and ranks other than 0
+    return ``None``.
     """
     out = Path(out)
-    data = read_dataset(config.data)
-    detector = odam.load_detector(config.model)
-    detector.model.to(device).eval()
-    labels = _label_map(data, detector, config)
-    claim(out, _identity(config), [out / "objects.jsonl", out / "sanity.jsonl"], paths=("data",))
-    for other in imports:
-        tqdm.write(f"imported {import_records(out, other)} records from {other}", file=sys.stderr)
-    done = ObjectJournal(out / "objects.jsonl")
-    sanity = ObjectJournal(out / "sanity.jsonl")
+    with process_group(device) as (rank, world, device):
+        with sync_point(world):
+            data = read_dataset(config.data)
+            detector = odam.load_detector(config.model)
+            detector.model.to(device).eval()
+            labels = _label_map(data, detector, config)
+            if rank == 0:
+                claim(out, _identity(config), [out / "objects.jsonl", out / "sanity.jsonl"], paths=("data",))
+                for other in imports:
+                    tqdm.write(f"imported {import_records(out, other)} records from {other}", file=sys.stderr)
+        with sync_point(world):
+            _measure_all(config, data, detector, labels, out, rank, world, progress and rank == 0)
+    return out if rank == 0 else None
+
+
+def _measure_all(config: EvaluationConfig, data: Dataset, detector: DetectorAdapter, labels: dict[int, int],
+                 out: Path, rank: int, world: int, progress: bool) -> None:
+    """Measure the objects of this rank's images that no journal holds yet."""
+    done = ObjectJournal(out / "objects.jsonl", rank)
+    sanity = ObjectJournal(out / "sanity.jsonl", rank)
+    mine = {record.id for record in shard(data.images, rank, world)}
     explainers = {m: _explainer(m, detector, config) for m in config.methods}
     limits = _object_limits(config)
     bar = tqdm(total=config.max_objects, desc="objects", unit="obj", disable=not progress)
     with bar:
         for record, image, dets, targets in _targets(data, detector, labels, config):
+            if record.id not in mine:  # another rank's: detected only to number the objects
+                bar.update(len(targets))
+                continue
             for method in config.methods:
                 limit = limits.get(method)
                 todo = [t for t in targets if (record.id, _ann(t), method) not in done
@@ -144,7 +170,6 @@ def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cp
                 if sane:
                     sanity.extend(_sanity(method, detector, image, dets, sane, config))
             bar.update(len(targets))
-    return out
 
 
 def import_records(out: Path, other: Path) -> int:

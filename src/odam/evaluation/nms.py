@@ -17,7 +17,9 @@ clock is read after the device has finished. Each image's row records its device
 same maps; ``T_l = 0, T_h = 1`` is the point the paper calls classical NMS.
 
 Per image, the candidates and the indices each method keeps are written to ``images.jsonl`` as they are computed,
-so a rerun resumes.
+so a rerun resumes. Under ``torchrun`` the images are shared among the ranks (every ``world``-th), each rank writes
+``images.rank{r}.jsonl`` (its first image untimed) and rank 0 writes the summary, the same as one process's apart
+from the seconds (:mod:`odam.evaluation.journal`, docs/EVALUATION.md).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from odam._atomic import atomic_path, atomic_write
-from odam.evaluation.journal import append_row, check_settings, image_rows
+from odam._distributed import process_group, shard, sync_point
+from odam.evaluation.journal import Journal, check_settings, image_key, image_rows
 from odam.metrics.crowd import CrowdResult, DetectionSet, GroundTruth, crowd_metrics
 from odam.nms import METHODS, Suppression
 
@@ -91,37 +95,61 @@ class NmsConfig:
         return Suppression(method, **common)
 
 
-def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Evaluate ``config`` over its dataset; returns the summary, also written to ``out/summary.json``."""
+def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", progress: bool = True) -> dict | None:
+    """Evaluate ``config`` over its dataset; returns the summary, also written to ``out/summary.json``.
+
+    Under ``torchrun`` each rank runs every ``world``-th image (of the first ``max_images``) that no journal holds
+    yet, and rank 0 summarises them all once every rank is done; the other ranks return ``None``.
+    """
     import odam
     from odam.data import read_dataset
+
+    with process_group(device) as (rank, world, device):
+        with sync_point(world):
+            config.check()
+            data = read_dataset(config.data)
+            if len(data.categories) != 1:
+                raise ValueError(f"evaluate nms measures one class (CrowdHuman's person); {config.data} has "
+                                 f"{len(data.categories)} categories: {', '.join(data.categories)}")
+            records = data.images[: config.max_images] if config.max_images else data.images
+            path = out / "images.jsonl"
+            detector = odam.load_detector(config.model, nms=config.suppression("nms"))
+            detector.model.to(device)
+            featurer = None
+            if "feature-nms" in config.methods:
+                featurer = odam.load_detector(config.feature_model or config.model,
+                                              nms=config.suppression("feature-nms"))
+                if not isinstance(getattr(featurer.model, "embedding_head", None), torch.nn.Module):
+                    raise ValueError(f"feature-nms needs a model with an embedding head; "
+                                     f"{config.feature_model or config.model} has none (pass --feature-model, "
+                                     "trained with 'odam train --feature-embedding')")
+                featurer.model.to(device)
+            if rank == 0:  # every setting, the data and the models are checked: only now is the folder claimed
+                check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")), [path])
+        with sync_point(world):
+            journal = Journal(path, image_key, rank)
+            todo = [r for r in shard(records, rank, world) if r.id not in journal]
+            _suppress_all(config, detector, featurer, todo, journal, torch.device(device), progress and rank == 0)
+    if rank != 0:
+        return None
+    rows = image_rows(path)
+    rows = [rows[r.id] for r in records if r.id in rows]
+    summary = summarize(config, records, rows)
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if config.sweep:
+        write_sweep(summary, out)
+    return summary
+
+
+def _suppress_all(config: NmsConfig, detector: Any, featurer: Any, todo: list, journal: Journal,
+                  device: torch.device, progress: bool) -> None:
+    """Run every method on each image of ``todo`` and add the image's record to ``journal``."""
+    import odam
     from odam.nms import decide
 
-    config.check()
-    data = read_dataset(config.data)
-    if len(data.categories) != 1:
-        raise ValueError(f"evaluate nms measures one class (CrowdHuman's person); {config.data} has "
-                         f"{len(data.categories)} categories: {', '.join(data.categories)}")
-    records = data.images[: config.max_images] if config.max_images else data.images
-    journal = out / "images.jsonl"
-    detector = odam.load_detector(config.model, nms=config.suppression("nms"))
-    detector.model.to(device)
-    featurer = None
-    if "feature-nms" in config.methods:
-        featurer = odam.load_detector(config.feature_model or config.model, nms=config.suppression("feature-nms"))
-        if not isinstance(getattr(featurer.model, "embedding_head", None), torch.nn.Module):
-            raise ValueError(f"feature-nms needs a model with an embedding head; "
-                             f"{config.feature_model or config.model} has none (pass --feature-model, trained "
-                             "with 'odam train --feature-embedding')")
-        featurer.model.to(device)
-    # every setting, the data and the models are checked: only now is the folder claimed
-    check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")), [journal])
-    done = image_rows(journal)
     explainer = odam.ODAM(detector.detector, frozen_norm=config.frozen_norm)
     cap = detector.max_detections
-    todo = [r for r in records if r.id not in done]
     warm = True  # the first image of each process is not timed
-    device = torch.device(device)
 
     def clock() -> float:  # wall time after the device has finished what was queued
         if device.type == "cuda":
@@ -169,14 +197,7 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
                     row["sweep"][f"{lo:g},{hi:g}"] = decide(cands, s, vectors=vectors, max_detections=cap).keep.tolist()
         row["timed"] = not warm
         warm = False
-        append_row(journal, row)
-    rows = image_rows(journal)
-    rows = [rows[r.id] for r in records if r.id in rows]
-    summary = summarize(config, records, rows)
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if config.sweep:
-        write_sweep(summary, out)
-    return summary
+        journal.extend([row])
 
 
 def ground_truth(records: list) -> dict[str, GroundTruth]:
