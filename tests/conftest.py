@@ -1,7 +1,13 @@
-"""Shared fixtures: seeded random-weight torchvision detectors and a tiny hand-set FCOS."""
+"""Shared fixtures: seeded random-weight torchvision detectors, a tiny hand-set FCOS, and the test device.
+
+``pytest --device cuda`` (or ``ODAM_TEST_DEVICE=cuda``) runs the tests that take the ``device`` fixture on that
+device; every other test, and every test by default, runs on the CPU. ``pytest -m device --device cuda`` runs only
+the former (``benchmarks/gpu_check.sh`` does).
+"""
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import pytest
@@ -16,6 +22,42 @@ ONE_STAGE = ("fcos_resnet50_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_
 TWO_STAGE = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn",
              "maskrcnn_resnet50_fpn_v2")
 ALL_FAMILIES = ONE_STAGE + TWO_STAGE
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=os.environ.get("ODAM_TEST_DEVICE", "cpu"),
+                     help="torch device for the tests that take the `device` fixture, e.g. cuda or cuda:1 "
+                          "(default: $ODAM_TEST_DEVICE, else cpu)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "device: the test takes the `device` fixture (set by --device)")
+    device = _device(config)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"--device {device} but torch.cuda.is_available() is False")
+        # The tests check algorithms against references to 1e-4; TensorFloat-32 (10-bit mantissa) is not that.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def _device(config: pytest.Config) -> torch.device:
+    try:
+        return torch.device(config.getoption("--device"))
+    except RuntimeError as error:
+        raise pytest.UsageError(f"--device: {error}") from None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """Where the test puts its tensors and models: ``--device`` (default cpu)."""
+    return _device(pytestconfig)
 
 
 def build(name: str, *, detections: int = 4, min_size: int = 128, max_size: int = 160) -> nn.Module:

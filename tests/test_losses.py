@@ -33,7 +33,8 @@ def reference(maps, gt, ious, image=None, boxes=None, negatives="all", weight=1.
     return (weight * (con + sep) / pairs if pairs else 0.0), con / max(pairs, 1), sep / max(pairs, 1), pairs
 
 
-def _random_case(seed, n=14, d=30):
+def _random_case(seed, n=14, d=30, device=None):
+    """Drawn on the CPU, then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     maps = torch.rand(n, d, generator=g, dtype=torch.float64) ** 3
     gt = torch.randint(0, 4, (n,), generator=g)
@@ -41,14 +42,15 @@ def _random_case(seed, n=14, d=30):
     ious = torch.rand(n, generator=g, dtype=torch.float64).round(decimals=1)  # ties on purpose
     xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 60
     boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 20], 1)
-    return maps, gt, ious, image, boxes
+    return tuple(t.to(device) for t in (maps, gt, ious, image, boxes))
 
 
 @pytest.mark.parametrize("negatives", ["all", "overlapping"])
 @pytest.mark.parametrize("seed", range(6))
-def test_loss_equals_a_pair_by_pair_reference(seed, negatives):
-    maps, gt, ious, image, boxes = _random_case(seed)
+def test_loss_equals_a_pair_by_pair_reference(seed, negatives, device):
+    maps, gt, ious, image, boxes = _random_case(seed, device=device)
     loss, stats = odam_train_loss(maps, gt, ious, image_index=image, boxes=boxes, negatives=negatives, weight=0.7)
+    assert loss.device.type == device.type
     expected, con, sep, pairs = reference(maps, gt, ious, image, boxes, negatives, weight=0.7)
     assert loss.item() == pytest.approx(expected, rel=1e-10)
     assert stats["con"].item() == pytest.approx(con, rel=1e-10, abs=1e-14)
@@ -57,8 +59,8 @@ def test_loss_equals_a_pair_by_pair_reference(seed, negatives):
 
 
 @pytest.mark.parametrize("negatives", ["all", "overlapping"])
-def test_gradcheck_in_float64(negatives):
-    maps, gt, ious, image, boxes = _random_case(1, n=8, d=6)
+def test_gradcheck_in_float64(negatives, device):
+    maps, gt, ious, image, boxes = _random_case(1, n=8, d=6, device=device)
     maps = (maps + 0.1).requires_grad_(True)  # away from the clamp
     assert torch.autograd.gradcheck(
         lambda m: odam_train_loss(m, gt, ious, image_index=image, boxes=boxes, negatives=negatives)[0], (maps,))

@@ -99,8 +99,9 @@ def _reference_soft_nms(boxes, scores, sigma, threshold, method, t_iou):
     return keep, decayed
 
 
-def _crowd(seed: int, n: int, objects: int = 6, dim: int = 64, tie_every: int = 0):
-    """Candidates clustered on a few overlapping objects, with heat maps that resemble their object's."""
+def _crowd(seed: int, n: int, objects: int = 6, dim: int = 64, tie_every: int = 0, device: torch.device | None = None):
+    """Candidates clustered on a few overlapping objects, with heat maps that resemble their object's (drawn on the
+    CPU, then moved to ``device``)."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(objects, 2, generator=g) * 60
     which = torch.randint(objects, (n,), generator=g)
@@ -112,22 +113,23 @@ def _crowd(seed: int, n: int, objects: int = 6, dim: int = 64, tie_every: int = 
     scores = torch.rand(n, generator=g)
     if tie_every:
         scores = (scores * tie_every).round() / tie_every  # many equal scores
-    return boxes, scores, vectors
+    return boxes.to(device), scores.to(device), vectors.to(device)
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_odam_nms_matches_algorithm_1(seed: int) -> None:
+def test_odam_nms_matches_algorithm_1(seed: int, device: torch.device) -> None:
     n = [1, 2, 30, 80, 300][seed % 5]
-    boxes, scores, vectors = _crowd(seed, n, tie_every=4 if seed % 2 else 0)
+    boxes, scores, vectors = _crowd(seed, n, tie_every=4 if seed % 2 else 0, device=device)
     g = np.random.default_rng(seed)
     for t_iou, low, high in [(0.5, 0.2, 0.8), (0.3, 0.0, 1.0), tuple(sorted(g.uniform(0, 1, 3)))]:
-        got = odam_nms(boxes, scores, vectors, t_iou, low, high).tolist()
-        assert got == _reference_odam_nms(boxes, scores, vectors, t_iou, low, high)
+        keep = odam_nms(boxes, scores, vectors, t_iou, low, high)
+        assert keep.device.type == device.type
+        assert keep.tolist() == _reference_odam_nms(boxes, scores, vectors, t_iou, low, high)
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_odam_nms_by_cosine(seed: int) -> None:
-    boxes, scores, vectors = _crowd(seed, 120)
+def test_odam_nms_by_cosine(seed: int, device: torch.device) -> None:
+    boxes, scores, vectors = _crowd(seed, 120, device=device)
     got = odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97, centred=False).tolist()
     assert got == _reference_odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97, corr_fn=_cosine)
     assert got != odam_nms(boxes, scores, vectors, 0.5, 0.9, 0.97).tolist()  # the two measures differ here
@@ -151,16 +153,16 @@ def _signs(bits: str) -> list[float]:
     return [4.0 if b == "1" else 2.0 for b in bits]
 
 
-def test_odam_nms_threshold_edges_are_exact() -> None:
+def test_odam_nms_threshold_edges_are_exact(device: torch.device) -> None:
     a = "1111111100000000"
     b = "1111110100000010"  # 2 disagreements with a: corr 0.75
     c = "1111000011110000"  # 8 disagreements with a: corr 0; with b: corr 0 as well
     d = "1110111100010000"  # 2 disagreements with a: corr 0.75
-    vectors = torch.tensor([_signs(a), _signs(b), _signs(c), _signs(d)])
+    vectors = torch.tensor([_signs(a), _signs(b), _signs(c), _signs(d)], device=device)
     assert correlation(vectors)[0].tolist() == [1.0, 0.75, 0.0, 0.75]
     # 0 and 1 overlap with IoU exactly 0.5; 0 and 3 are apart (IoU 0); 2 repeats 0's box.
-    boxes = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2], [10, 10, 12, 12]])
-    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    boxes = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2], [10, 10, 12, 12]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], device=device)
     for low, high in [(0.75, 0.75), (0.74, 0.76), (0.76, 0.74), (0.0, 1.0), (-0.01, 0.75)]:
         got = odam_nms(boxes, scores, vectors, 0.5, low, high).tolist()
         assert got == _reference_odam_nms(boxes, scores, vectors, 0.5, low, high), (low, high)
@@ -170,8 +172,8 @@ def test_odam_nms_threshold_edges_are_exact() -> None:
     assert odam_nms(boxes, scores, vectors, 0.51, 0.74, 0.76).tolist() == [0, 1, 2, 3]
 
 
-def test_classical_limit_and_torchvision() -> None:
-    boxes, scores, vectors = _crowd(5, 200)
+def test_classical_limit_and_torchvision(device: torch.device) -> None:
+    boxes, scores, vectors = _crowd(5, 200, device=device)
     expected = torchvision.ops.nms(boxes, scores, 0.5)
     assert nms(boxes, scores, 0.5).tolist() == expected.tolist()
     # low = -1 and high > 1: the correlation can never matter, so Odam-NMS is NMS with IoU >= T
@@ -179,9 +181,9 @@ def test_classical_limit_and_torchvision() -> None:
     assert got.tolist() == expected.tolist()
 
 
-def test_batched_odam_nms_keeps_classes_apart() -> None:
-    boxes, scores, vectors = _crowd(7, 120)
-    labels = torch.randint(3, (120,), generator=torch.Generator().manual_seed(1))
+def test_batched_odam_nms_keeps_classes_apart(device: torch.device) -> None:
+    boxes, scores, vectors = _crowd(7, 120, device=device)
+    labels = torch.randint(3, (120,), generator=torch.Generator().manual_seed(1)).to(device)
     got = batched_odam_nms(boxes, scores, vectors, labels, 0.5, 0.2, 0.8)
     assert got.tolist() == _reference_odam_nms(boxes, scores, vectors, 0.5, 0.2, 0.8, labels.tolist())
     # per class, the same as running each class alone
@@ -192,19 +194,19 @@ def test_batched_odam_nms_keeps_classes_apart() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_feature_nms_matches_reference(seed: int) -> None:
-    boxes, scores, _ = _crowd(seed, [1, 40, 150][seed % 3], tie_every=3 if seed % 2 else 0)
+def test_feature_nms_matches_reference(seed: int, device: torch.device) -> None:
+    boxes, scores, _ = _crowd(seed, [1, 40, 150][seed % 3], tie_every=3 if seed % 2 else 0, device=device)
     g = torch.Generator().manual_seed(seed)
-    emb = torch.nn.functional.normalize(torch.randn(len(boxes), 32, generator=g), dim=1) * 0.8
+    emb = (torch.nn.functional.normalize(torch.randn(len(boxes), 32, generator=g), dim=1) * 0.8).to(device)
     for low, high, distance in [(0.1, 0.9, 1.0), (0.3, 0.6, 1.2), (0.0, 0.0, 0.0)]:
         got = feature_nms(boxes, scores, emb, low, high, distance).tolist()
-        assert got == _reference_feature_nms(boxes, scores, emb, low, high, distance)
+        assert got == _reference_feature_nms(boxes, scores, emb.cpu(), low, high, distance)
 
 
-def test_feature_nms_edges() -> None:
-    boxes = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2]])  # IoU(0, 1) = 0.5 exactly
-    emb = torch.tensor([[0.0, 0], [1.0, 0], [3.0, 4]])  # distance(0, 1) = 1 exactly, (0, 2) = 5
-    scores = torch.tensor([0.9, 0.8, 0.7])
+def test_feature_nms_edges(device: torch.device) -> None:
+    boxes = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2]], device=device)  # IoU(0, 1) = 0.5 exactly
+    emb = torch.tensor([[0.0, 0], [1.0, 0], [3.0, 4]], device=device)  # distance(0, 1) = 1 exactly, (0, 2) = 5
+    scores = torch.tensor([0.9, 0.8, 0.7], device=device)
     assert feature_nms(boxes, scores, emb, 0.5, 0.9, 1.0).tolist() == [0]  # 1: IoU = low, distance = d
     assert feature_nms(boxes, scores, emb, 0.5, 1.0, 0.99).tolist() == [0, 1, 2]  # 2: IoU 1 is not > high
     assert feature_nms(boxes, scores, emb, 0.51, 0.9, 1.0).tolist() == [0, 1]  # 1 below low: distinct
@@ -212,12 +214,12 @@ def test_feature_nms_edges() -> None:
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
 @pytest.mark.parametrize("seed", range(4))
-def test_soft_nms_matches_reference(method: str, seed: int) -> None:
-    boxes, scores, _ = _crowd(seed, [0, 1, 50, 150][seed], tie_every=5 if seed % 2 else 0)
+def test_soft_nms_matches_reference(method: str, seed: int, device: torch.device) -> None:
+    boxes, scores, _ = _crowd(seed, [0, 1, 50, 150][seed], tie_every=5 if seed % 2 else 0, device=device)
     keep, decayed = soft_nms(boxes, scores, 0.5, 0.05, method, 0.3)
     ref_keep, ref_decayed = _reference_soft_nms(boxes, scores, 0.5, 0.05, method, 0.3)
-    assert keep.tolist() == ref_keep
-    np.testing.assert_allclose(decayed.numpy(), ref_decayed, rtol=1e-5)
+    assert keep.tolist() == ref_keep and decayed.device.type == device.type
+    np.testing.assert_allclose(decayed.cpu().numpy(), ref_decayed, rtol=1e-5)
 
 
 def test_soft_nms_writes_decayed_scores_back() -> None:
@@ -234,16 +236,16 @@ def test_soft_nms_writes_decayed_scores_back() -> None:
     assert keep.tolist() == [0, 2]
 
 
-def test_correlation_is_pearson() -> None:
+def test_correlation_is_pearson(device: torch.device) -> None:
     x = torch.rand(20, 50, dtype=torch.float64)
     x[3] = 2.0  # constant: 0 everywhere
     with np.errstate(invalid="ignore", divide="ignore"):
         expected = np.nan_to_num(np.corrcoef(x.numpy()))  # NaN for the constant row -> 0
-    np.testing.assert_allclose(correlation(x).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(correlation(x.to(device)).cpu().numpy(), expected, atol=1e-6)
 
 
-def test_heatmap_vectors_short_edge() -> None:
-    maps = torch.arange(2 * 100 * 200, dtype=torch.float32).reshape(2, 100, 200)
+def test_heatmap_vectors_short_edge(device: torch.device) -> None:
+    maps = torch.arange(2 * 100 * 200, dtype=torch.float32, device=device).reshape(2, 100, 200)
     v = heatmap_vectors(maps, 50)
     assert v.shape == (2, 50 * 100)
     assert v[0, 0] == maps[0, :2, :2].mean()

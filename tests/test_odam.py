@@ -52,21 +52,22 @@ def _bilinear_place(cell_map: np.ndarray) -> np.ndarray:
 def _assert_close(actual: torch.Tensor, expected: np.ndarray) -> None:
     # float32 bilinear weights carry ~1e-5 absolute error, so tolerances are relative to the peak.
     assert expected.max() > 0
-    np.testing.assert_allclose(actual.double().numpy(), expected, rtol=1e-4, atol=1e-4 * expected.max())
+    np.testing.assert_allclose(actual.double().cpu().numpy(), expected, rtol=1e-4, atol=1e-4 * expected.max())
 
 
 def _cell_means(model: nn.Module, img: torch.Tensor) -> np.ndarray:
     """Channel 0 of the hand-set backbone's output (mean intensity of each 8x8 cell of the resized image)."""
     feats = odam.wrap_detector(model).trace(img).state["features"]
     assert feats[0].shape == (1, 2, 100, 136)
-    return feats[0][0, 0].detach().double().numpy()
+    return feats[0][0, 0].detach().double().cpu().numpy()
 
 
-def test_handset_detector_map_is_exact(square: torch.Tensor) -> None:
-    model = handset_fcos()
+def test_handset_detector_map_is_exact(square: torch.Tensor, device: torch.device) -> None:
+    model = handset_fcos().to(device)
     explanation = odam.ODAM(model, smoothing=None).explain(square, targets=("score", "right", "top"))
     dets = explanation.detections
     assert len(dets) >= 1
+    assert explanation.maps.device.type == device.type  # maps stay on the model's device
     f = _cell_means(model, square)
     for k in range(len(dets)):
         i, j = divmod(int(dets.indices[k]), 136)
@@ -133,20 +134,21 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", ALL_FAMILIES)
-def test_batched_equals_loop(name: str, image: torch.Tensor) -> None:
-    model = build(name, detections=3)
+def test_batched_equals_loop(name: str, image: torch.Tensor, device: torch.device) -> None:
+    model = build(name, detections=3).to(device)
     explainer = odam.ODAM(model, batch_size=4)
     batched = explainer.explain(image, targets=odam.TARGETS)
     loop = explain_loop(explainer, image, targets=odam.TARGETS)
-    assert batched.maps.abs().max() > 0
+    assert batched.maps.abs().max() > 0 and batched.maps.device.type == device.type
     assert _rel_err(batched.maps, loop.maps) < 1e-4
 
 
 @pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
-def test_roialign_adjoint_equals_backward_through_the_whole_graph(name: str, image: torch.Tensor) -> None:
+def test_roialign_adjoint_equals_backward_through_the_whole_graph(name: str, image: torch.Tensor,
+                                                                   device: torch.device) -> None:
     # Default path: one backward per target to the pooled rows, then RoIAlign's adjoint to the FPN level.
     # Reference: gradients w.r.t. the FPN outputs themselves, through torchvision's MultiScaleRoIAlign.
-    model = build(name, detections=3)
+    model = build(name, detections=3).to(device)
     fast = odam.ODAM(model).explain(image, targets=odam.TARGETS)
     full = odam.ODAM(model, layer=model.backbone).explain(image, targets=odam.TARGETS)
     assert _rel_err(fast.maps, full.maps) < 1e-4
@@ -228,8 +230,8 @@ def test_non_finite_detections_are_refused(what: str, value: float, image: torch
             explainer.explain(image, detections=bad)
 
 
-def test_options_change_maps_as_documented(image: torch.Tensor) -> None:
-    model = build("retinanet_resnet50_fpn", detections=2)
+def test_options_change_maps_as_documented(image: torch.Tensor, device: torch.device) -> None:
+    model = build("retinanet_resnet50_fpn", detections=2).to(device)
     raw = odam.ODAM(model, activation="none").explain(image).maps
     neg = odam.ODAM(model, activation="none", gradient="negative").explain(image).maps
     torch.testing.assert_close(neg, -raw)
@@ -328,12 +330,12 @@ def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPa
     assert _rel_err(fast.maps, slow.maps) < 1e-4
 
 
-def test_local_head_crops_equal_the_whole_map() -> None:
+def test_local_head_crops_equal_the_whole_map(device: torch.device) -> None:
     # RetinaNet's head has no normalisation across positions, so each detection is explained from a crop of
     # its level (11x11 cells, clipped at the border); the reference differentiates the whole FPN output.
     from odam.detectors.groups import CropGroup
 
-    model = build("retinanet_resnet50_fpn", detections=12, min_size=160, max_size=200)
+    model = build("retinanet_resnet50_fpn", detections=12, min_size=160, max_size=200).to(device)
     image = torch.rand(3, 120, 150, generator=torch.Generator().manual_seed(7))
     trace = odam.wrap_detector(model).trace(image)
     _, groups, _ = trace.graph(trace.detections)

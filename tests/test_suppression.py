@@ -123,8 +123,9 @@ def test_embeddings_are_the_heads_vectors_at_each_detection(arch: str) -> None:
     torch.testing.assert_close(got.boxes, cands.boxes[keep])
 
 
-def test_frozen_norm_keeps_scores_and_approximates_fcos_maps(crowd_image: torch.Tensor) -> None:
+def test_frozen_norm_keeps_scores_and_approximates_fcos_maps(crowd_image: torch.Tensor, device: torch.device) -> None:
     detector = odam.load_detector("synthcrowd-fcos", nms=Suppression("nms", max_candidates=60))
+    detector.model.to(device)
     trace, cands = _candidates(detector, crowd_image)
     with borrowed(detector.model), torch.enable_grad():
         detector.model.eval()
@@ -139,8 +140,8 @@ def test_frozen_norm_keeps_scores_and_approximates_fcos_maps(crowd_image: torch.
     assert not torch.allclose(exact, frozen)  # the dropped statistics path is not nothing
 
 
-def test_frozen_norm_changes_nothing_without_groupnorm(image: torch.Tensor) -> None:
-    model = build("retinanet_resnet50_fpn", detections=3)
+def test_frozen_norm_changes_nothing_without_groupnorm(image: torch.Tensor, device: torch.device) -> None:
+    model = build("retinanet_resnet50_fpn", detections=3).to(device)
     exact = odam.ODAM(model).explain(image).maps
     frozen = odam.ODAM(model, frozen_norm=True).explain(image).maps
     torch.testing.assert_close(frozen, exact)
