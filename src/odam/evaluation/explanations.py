@@ -177,7 +177,8 @@ def import_records(out: Path, other: Path) -> int:
 
     For work done elsewhere (D-RISE on a GPU machine, say) on the same images: ``other`` must agree on every
     :data:`IDENTITY` setting but the dataset's path, and each imported record's image file name must be the
-    one with that image id in ``out``'s dataset.
+    one with that image id in ``out``'s dataset. Both may be runs of several processes: every rank's journal of
+    ``other`` is read, and a record any rank of ``out`` holds is not imported again.
     """
     mine = json.loads((out / "config.json").read_text(encoding="utf-8"))
     theirs = json.loads((other / "config.json").read_text(encoding="utf-8"))

@@ -1,7 +1,8 @@
 """Summaries of ``odam evaluate explanations``: tables in the layout of the paper's Tables 1, 3a and 4, and plots.
 
-Everything is computed from ``objects.jsonl`` and ``sanity.jsonl`` alone (:func:`summarize`), so a resumed run
-and an uninterrupted one give the same summary, apart from the measured seconds.
+Everything is computed from ``objects.jsonl`` and ``sanity.jsonl`` alone (:func:`summarize`), with the rank
+journals beside them of a run under ``torchrun`` (:func:`odam.evaluation.journal.object_records`), so a resumed
+run, an uninterrupted one and one of several processes give the same summary, apart from the measured seconds.
 """
 
 from __future__ import annotations
