@@ -37,8 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError(f"--device {device} but torch.cuda.is_available() is False")
         # The tests check algorithms against references to 1e-4; TensorFloat-32 (10-bit mantissa) is not that.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9, whose old flags are on their way out
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
 
 def _device(config: pytest.Config) -> torch.device:
