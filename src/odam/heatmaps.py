@@ -51,6 +51,19 @@ def vector_grid(height: int, width: int, short_edge: int = SHORT_EDGE) -> tuple[
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def pooling_matrix(size: int, cells: int, device: torch.device | None = None) -> Tensor:
+    """``Tensor[cells, size]``: the weights with which :func:`heatmap_vectors` averages ``size`` pixels of one axis
+    into ``cells`` (``F.adaptive_avg_pool1d``'s bins). The block average of a map ``M`` (``[H, W]``) is
+    ``pooling_matrix(H, rows) @ M @ pooling_matrix(W, columns).T``: the pooling is separable.
+
+    Example:
+        >>> pooling_matrix(4, 2).tolist()
+        [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
+    eye = torch.eye(size, device=device, dtype=torch.float32)
+    return F.adaptive_avg_pool1d(eye[None], cells)[0].T.contiguous()
+
+
 def unit_vectors(vectors: Tensor, centred: bool = True) -> Tensor:
     """``Tensor[N, D]`` float32: each vector mean-centred (``centred=True``) and scaled to unit length, so that
     ``unit_vectors(a) @ unit_vectors(b).T`` is :func:`correlation`; vectors in :func:`undefined` become zero.
@@ -66,7 +79,10 @@ def unit_vectors(vectors: Tensor, centred: bool = True) -> Tensor:
         return F.normalize(x, dim=1)
     centred_x = x - x.mean(1, keepdim=True)
     norm = centred_x.norm(dim=1, keepdim=True)
-    return torch.where(undefined(x)[:, None], torch.zeros_like(centred_x), centred_x / norm.clamp_min(1e-30))
+    flat = _flat(x, norm[:, 0])  # what undefined() says, from the same norm (one pass fewer over the vectors)
+    unit = centred_x.div_(norm.clamp_min(1e-30))
+    unit[flat] = 0
+    return unit
 
 
 def undefined(vectors: Tensor, centred: bool = True) -> Tensor:
@@ -80,8 +96,12 @@ def undefined(vectors: Tensor, centred: bool = True) -> Tensor:
     x = vectors.float()
     if not centred:
         return x.norm(dim=1) == 0
-    norm = (x - x.mean(1, keepdim=True)).norm(dim=1)
-    return norm <= 1e-6 * x.abs().amax(1).clamp_min(1e-30)
+    return _flat(x, (x - x.mean(1, keepdim=True)).norm(dim=1))
+
+
+def _flat(x: Tensor, centred_norm: Tensor) -> Tensor:
+    """:func:`undefined` (centred) from the vectors ``x`` and the norms of their centred versions."""
+    return centred_norm <= 1e-6 * x.abs().amax(1).clamp_min(1e-30)
 
 
 def correlation(vectors: Tensor, centred: bool = True) -> Tensor:

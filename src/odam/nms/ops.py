@@ -13,8 +13,10 @@ before it, and kept otherwise. Only what makes two boxes duplicates differs:
   the two boxes' learned embeddings is at most ``distance``.
 
 The greedy pass builds the pairwise IoU (and correlation or distance) rows in blocks, on the caller's device: the
-rows of the next 64 candidates still alive, against every later candidate still alive. A candidate suppressed
-before its block comes up never gets a row; one suppressed by an earlier member of its own block wastes its row.
+next 64 candidates still alive. :func:`odam_nms` first decides a block among itself (a 64 x 64 tile), then only
+the kept ones' rows go against the later candidates still alive (one matrix product of unit vectors per block),
+so no suppressed candidate ever gets a row. FeatureNMS's pass computes the block's rows against every later
+candidate still alive at once; a member suppressed within its own block wastes its row there.
 The ``batched_*`` variants never let boxes of different classes suppress each other.
 
 **The correlation** (:func:`correlation`) is Pearson's: the cosine of the mean-centred heat-map vectors. The
@@ -107,6 +109,28 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     _check(boxes, scores)
     if vectors.ndim != 2 or len(vectors) != len(boxes):
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
+    order = visit_order(scores)
+    # Everything in visit order once, so that a run of later candidates is a view, not a copy.
+    unit = unit_vectors(vectors.to(boxes.device), centred)[order]
+    b = boxes.float()[order]
+    labels = None if idxs is None else idxs[order]
+
+    def duplicate(rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
+        iou = box_iou(b[rows], b[cols])
+        corr = unit[rows] @ unit[cols].T
+        dup = torch.where(iou >= iou_threshold, corr > low, corr > high)
+        return dup if labels is None else dup & (labels[rows][:, None] == labels[cols][None])
+
+    return order[_greedy_sorted(len(order), duplicate, order.device)]
+
+
+def _odam_blocks(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None = None,
+                 iou_threshold: float = 0.5, low: float = 0.2, high: float = 0.8, centred: bool = True) -> Tensor:
+    """The block pass :func:`odam_nms` used before :func:`_greedy_sorted`: rows of the next ``_BLOCK`` candidates
+    alive against every later one alive, gathered, a suppressed block member's row wasted. The same kept set; kept
+    as the reference the faster pass is tested (``tests/test_nms_fast.py``) and timed (``bench_nms.py``) against.
+    """
+    _check(boxes, scores)
     unit = unit_vectors(vectors.to(boxes.device), centred)
     b = boxes.float()
 
@@ -224,6 +248,48 @@ def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None = None) -> None:
 def visit_order(scores: Tensor) -> Tensor:
     """Indices by descending score, equal scores in index order."""
     return torch.sort(scores, descending=True, stable=True).indices
+
+
+def _greedy_sorted(n: int, duplicate: Callable[[Tensor | slice, Tensor | slice], Tensor], device: torch.device,
+                   block: int | None = None) -> Tensor:
+    """Greedy suppression of ``n`` candidates already in visit order: ``Tensor[K]`` int64, the kept positions.
+
+    ``duplicate(rows, cols)`` is ``Tensor[R, C]`` bool, whether candidate ``cols[c]`` is a duplicate of a kept
+    ``rows[r]``, for positions given as an index tensor or a slice. Each step takes the next ``block``
+    candidates still alive and decides them among themselves first (their ``R x R`` rows: a candidate is kept
+    when no kept one before it, in this block or an earlier one, has it as a duplicate); then only the rows of
+    the kept ones go against the candidates still alive after the block. No row of a suppressed candidate is
+    ever computed. The later candidates are a contiguous slice (a view) while at least half of them are alive,
+    else the alive ones are gathered.
+    """
+    block = _BLOCK if block is None else block
+    alive = np.ones(n, dtype=bool)
+    kept: list[np.ndarray] = []
+    start = 0
+    while True:
+        ahead = np.flatnonzero(alive[start:]) + start
+        if len(ahead) == 0:
+            break
+        rows = ahead[:block]
+        inner = duplicate(*(torch.as_tensor(rows, device=device),) * 2).cpu().numpy()  # [R, R]
+        mine = np.zeros(len(rows), dtype=bool)
+        for r in range(len(rows)):
+            mine[r] = not inner[:r, r][mine[:r]].any()
+        survivors = rows[mine]
+        kept.append(survivors)
+        start = int(rows[-1]) + 1
+        later = ahead[len(rows):]
+        if len(later) == 0 or len(survivors) == 0:
+            continue
+        r_t = torch.as_tensor(survivors, device=device)
+        if 2 * len(later) >= n - start:  # mostly alive: the run from ``start`` on, as a view
+            hit = duplicate(r_t, slice(start, n)).any(0).cpu().numpy()
+            alive[start:] &= ~hit
+        else:
+            hit = duplicate(r_t, torch.as_tensor(later, device=device)).any(0).cpu().numpy()
+            alive[later[hit]] = False
+    return torch.as_tensor(np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64), dtype=torch.int64,
+                           device=device)
 
 
 def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int | None = None) -> Tensor:

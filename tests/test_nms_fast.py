@@ -1,0 +1,101 @@
+"""The fast Odam-NMS pass against the previous one and against a plain greedy loop (no timings here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import odam.nms.ops as ops
+from odam.heatmaps import pooling_matrix, undefined, unit_vectors, vector_grid
+from odam.nms import batched_odam_nms, odam_nms
+
+
+def _greedy_loop(dup: np.ndarray) -> list[int]:
+    """Keep each candidate (in order) unless a kept one before it has it as a duplicate (``dup[kept, it]``)."""
+    kept: list[int] = []
+    for p in range(len(dup)):
+        if not any(dup[k, p] for k in kept):
+            kept.append(p)
+    return kept
+
+
+@pytest.mark.parametrize("block", [1, 3, 64, 1000])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.2, 0.9])
+def test_greedy_sorted_is_the_greedy_loop(block: int, density: float) -> None:
+    # an arbitrary relation, not even symmetric: the pass must read dup[earlier kept, later] and nothing else
+    rng = np.random.default_rng(int(density * 100) + block)
+    n = 300
+    dup = torch.as_tensor(rng.random((n, n)) < density)
+
+    def duplicate(rows: torch.Tensor | slice, cols: torch.Tensor | slice) -> torch.Tensor:
+        return dup[rows][:, cols]
+
+    got = ops._greedy_sorted(n, duplicate, torch.device("cpu"), block=block)
+    assert got.dtype == torch.int64
+    assert got.tolist() == _greedy_loop(dup.numpy())
+
+
+def _bench_like(seed: int, n: int, clustered: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if clustered:
+        centres = torch.rand(40, 2, generator=g) * 400
+        which = torch.randint(40, (n,), generator=g)
+        xy = (centres[which] + torch.randn(n, 2, generator=g) * 6).round()
+        wh = (40 + torch.rand(n, 2, generator=g) * 40).round()
+        vectors = torch.rand(40, 400, generator=g)[which] + 0.4 * torch.rand(n, 400, generator=g)
+    else:
+        xy = torch.rand(n, 2, generator=g) * 3000
+        wh = torch.full((n, 2), 20.0)
+        vectors = torch.rand(n, 400, generator=g)
+    scores = (torch.rand(n, generator=g) * 50).round() / 50  # many ties
+    return torch.cat([xy, xy + wh], 1), scores, vectors
+
+
+@pytest.mark.parametrize("clustered", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_odam_nms_equals_previous_block_pass(seed: int, clustered: bool) -> None:
+    boxes, scores, vectors = _bench_like(seed, 1000, clustered)
+    for t_iou, low, high in [(0.5, 0.2, 0.8), (0.3, 0.0, 0.5), (0.5, -1.0, 2.0), (0.7, 0.5, 0.95)]:
+        fast = odam_nms(boxes, scores, vectors, t_iou, low, high)
+        previous = ops._odam_blocks(boxes, scores, vectors, None, t_iou, low, high)
+        assert fast.tolist() == previous.tolist(), (t_iou, low, high)
+    labels = torch.randint(3, (len(boxes),), generator=torch.Generator().manual_seed(seed))
+    assert batched_odam_nms(boxes, scores, vectors, labels).tolist() == ops._odam_blocks(
+        boxes, scores, vectors, labels).tolist()
+
+
+def test_odam_nms_at_the_thresholds() -> None:
+    # IoU exactly 0.5 (and 1) between boxes, correlations exactly 0.75 / 0 / 1 between maps (multiples of 1/8)
+    signs = ["1111111100000000", "1111110100000010", "1111000011110000", "1110111100010000"]
+    vectors = torch.tensor([[4.0 if c == "1" else 2.0 for c in s] for s in signs]).repeat(50, 1)
+    base = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2], [10, 10, 12, 12]])
+    boxes = torch.cat([base + 20 * k for k in range(50)])  # 50 copies, far apart from one another
+    scores = torch.linspace(1, 0, 200)
+    for low, high in [(0.75, 0.75), (0.74, 0.76), (0.0, 1.0), (-0.01, 0.75), (0.75, 1.0), (0.74, 0.74)]:
+        for t_iou in (0.5, 0.51, 1.0):
+            fast = odam_nms(boxes, scores, vectors, t_iou, low, high).tolist()
+            assert fast == ops._odam_blocks(boxes, scores, vectors, None, t_iou, low, high).tolist()
+
+
+def test_unit_vectors_is_the_formula() -> None:
+    x = torch.rand(40, 30)
+    x[3] = 2.0  # constant
+    x[5] = 0.0
+    x[7] = 3.0
+    x[7, 0] = torch.nextafter(torch.tensor(3.0), torch.tensor(4.0))  # constant up to float32 rounding
+    c = x - x.mean(1, keepdim=True)
+    expected = torch.where(undefined(x)[:, None], torch.zeros_like(c), c / c.norm(dim=1, keepdim=True).clamp_min(1e-30))
+    assert torch.equal(unit_vectors(x), expected)
+    assert unit_vectors(x)[[3, 5, 7]].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("height", "width", "short_edge"), [(320, 320, 50), (97, 203, 50), (30, 45, 50), (7, 5, 3)])
+def test_pooling_matrix_is_the_block_average(height: int, width: int, short_edge: int) -> None:
+    maps = torch.rand(3, height, width, dtype=torch.float64)
+    rows, cols = vector_grid(height, width, short_edge)
+    a_y = pooling_matrix(height, rows).double()
+    a_x = pooling_matrix(width, cols).double()
+    expected = F.adaptive_avg_pool2d(maps[:, None], (rows, cols))[:, 0]
+    torch.testing.assert_close(a_y @ maps @ a_x.T, expected, rtol=1e-6, atol=1e-6)
