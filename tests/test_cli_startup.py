@@ -23,10 +23,13 @@ def _fresh(code: str) -> dict:
 
 def test_the_parsers_copies_equal_the_library_names() -> None:
     from odam._image import MAX_PIXELS
+    from odam.architectures import ARCHITECTURES, BACKBONES
     from odam.data.photos import PHOTOS, SCENE
     from odam.data.synthcrowd import STYLES
+    from odam.evaluation.config import SUPPRESSIONS
     from odam.explainers import EXPLAINERS
     from odam.models import BUNDLED
+    from odam.nms import METHODS as NMS_METHODS
     from odam.structures import TARGETS
 
     assert common.BUNDLED == BUNDLED
@@ -36,11 +39,15 @@ def test_the_parsers_copies_equal_the_library_names() -> None:
     assert common.MAX_PIXELS == MAX_PIXELS
     assert common.SCENE == SCENE and common.SCENE.is_file()
     assert common.STYLES == STYLES
+    assert (common.ARCHITECTURES, common.BACKBONES) == (ARCHITECTURES, BACKBONES)
+    assert SUPPRESSIONS == NMS_METHODS
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["bogus"], ["explain", "--help"], ["explain"],
                                   ["explain", "x.png", "--out", "o", "--no-such-flag"], ["demo", "--help"],
-                                  ["data", "--help"], ["data", "synthcrowd", "--out", "o"]])
+                                  ["data", "--help"], ["data", "synthcrowd", "--out", "o"], ["train", "--help"],
+                                  ["train", "--model", "fcos"], ["evaluate", "nms", "--help"],
+                                  ["evaluate", "explanations", "--data", "d"], ["evaluate", "correlation", "--help"]])
 def test_help_and_argument_errors_import_no_torch(argv: list[str]) -> None:
     """What ``odam --help`` and argument errors run loads no torch (torch alone takes seconds to import)."""
     result = _fresh(

@@ -11,9 +11,9 @@ One module per command: :mod:`odam.cli.explain`, :mod:`odam.cli.demo`, :mod:`oda
 :mod:`odam.cli.data` and :mod:`odam.cli.evaluate`; what they share is in :mod:`odam.cli.common`, and
 :mod:`odam.cli.outputs` writes what ``explain`` and ``demo`` produce. A command's module is imported, and its options
 added, only when that command is parsed or its help is shown (:data:`COMMANDS`); torch only when a command runs.
-So ``odam --help``, ``odam explain --help``, ``odam demo --help``, ``odam data --help`` and their argument errors
-answer in a fraction of a second; ``train`` and ``evaluate`` take their defaults from the configurations of the
-library (``TrainConfig``, the runners'), so their options load torch.
+The parsers are built from :mod:`odam.cli.common` and the torch-free settings classes
+(:mod:`odam.train.config`, :mod:`odam.evaluation.config`), so ``odam --help``, every subcommand's ``--help`` and
+every argument error answer in a fraction of a second.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ PHOTOS: tuple[str, ...] = ("astronaut", "camera", "grace_hopper", "t1", "collage
 MAX_PIXELS = 40_000_000
 #: :data:`odam.data.photos.SCENE`
 SCENE = Path(__file__).parents[1] / "assets" / "synthcrowd-scene.png"
+#: :data:`odam.architectures.ARCHITECTURES`
+ARCHITECTURES: tuple[str, ...] = ("fcos", "retinanet", "fasterrcnn")
+#: :data:`odam.architectures.BACKBONES`
+BACKBONES: tuple[str, ...] = ("tiny", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 #: :data:`odam.data.synthcrowd.STYLES`
 STYLES: tuple[str, ...] = ("crowd", "mixed")
 #: What ``photo:NAME`` may name.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from odam.cli import common
 from odam.cli.common import BUNDLED, DEFAULT_MODEL
+from odam.evaluation.config import METHODS, CorrelationConfig, EvaluationConfig, NmsConfig
 
 
 def add_arguments(evaluate: argparse.ArgumentParser) -> None:
@@ -33,8 +34,6 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     det.add_argument("--key", default="detectors", help="name of that block (default: detectors)")
     det.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     det.set_defaults(run=run_detector)
-
-    from odam.evaluation.explanations import METHODS, EvaluationConfig
 
     d = EvaluationConfig(data="", model="")
     ex = ev_sub.add_parser(
@@ -73,8 +72,6 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     ex.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     ex.set_defaults(run=run_explanations)
 
-    from odam.evaluation.correlation import CorrelationConfig
-
     c = CorrelationConfig(data="", model="")
     co = ev_sub.add_parser(
         "correlation", help="heat-map correlation of predictions on the same vs different objects (Fig. 4)",
@@ -96,8 +93,6 @@ def add_arguments(evaluate: argparse.ArgumentParser) -> None:
     co.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     co.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     co.set_defaults(run=run_correlation)
-
-    from odam.evaluation.nms import NmsConfig
 
     n = NmsConfig(data="", model="")
     nm = ev_sub.add_parser(
@@ -198,7 +193,7 @@ def run_detector(args: argparse.Namespace) -> int:
 def run_explanations(args: argparse.Namespace) -> int:
     """``odam evaluate explanations``; returns the exit status."""
     from odam.data.stats import write_block
-    from odam.evaluation import EvaluationConfig, run, summarize
+    from odam.evaluation import run, summarize
 
     data = Path(args.data) / args.split if args.split else Path(args.data)
     if not data.exists():
@@ -237,7 +232,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_correlation(args: argparse.Namespace) -> int:
     """``odam evaluate correlation``; returns the exit status."""
     from odam.data.stats import write_block
-    from odam.evaluation.correlation import CorrelationConfig, markdown, run
+    from odam.evaluation.correlation import markdown, run
 
     if not Path(args.data).exists():
         raise ValueError(f"no dataset at {args.data}")
@@ -266,7 +261,7 @@ def run_correlation(args: argparse.Namespace) -> int:
 def run_nms(args: argparse.Namespace) -> int:
     """``odam evaluate nms``; returns the exit status."""
     from odam.data.stats import write_block
-    from odam.evaluation.nms import NmsConfig, run, table5, table7
+    from odam.evaluation.nms import run, table5, table7
 
     if not Path(args.data).exists():
         raise ValueError(f"no dataset at {args.data}")

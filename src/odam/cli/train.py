@@ -6,12 +6,12 @@ import argparse
 import os
 
 from odam.cli import common
+from odam.cli.common import ARCHITECTURES, BACKBONES
 
 
 def add_arguments(train: argparse.ArgumentParser) -> None:
     """Add the options of ``odam train`` to its parser (its defaults are :class:`odam.train.TrainConfig`'s)."""
-    from odam.architectures import ARCHITECTURES, BACKBONES
-    from odam.train import TrainConfig
+    from odam.train.config import TrainConfig
 
     d = TrainConfig(model="fcos", data="", out="")
     train.description = ("Train a torchvision detector from scratch; writes an odam checkpoint to --out after every "

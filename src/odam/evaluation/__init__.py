@@ -1,11 +1,25 @@
 """Evaluation over datasets: the explanation metrics runner and its reports.
 
-Every runner (:mod:`~odam.evaluation.explanations`, :mod:`~odam.evaluation.nms`,
-:mod:`~odam.evaluation.correlation`) resumes from its journals (:mod:`~odam.evaluation.journal`) and runs as one
-process or as several under ``torchrun``, each rank on every ``world``-th image (docs/EVALUATION.md).
+The settings (:mod:`odam.evaluation.config`) import no torch; ``run`` and ``summarize`` load on first use.
 """
 
-from odam.evaluation.explanations import METHODS, EvaluationConfig, run
-from odam.evaluation.report import summarize
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from odam.evaluation.config import METHODS, EvaluationConfig
+
+if TYPE_CHECKING:
+    from odam.evaluation.explanations import run
+    from odam.evaluation.report import summarize
 
 __all__ = ["METHODS", "EvaluationConfig", "run", "summarize"]
+
+_HOMES = {"run": "odam.evaluation.explanations", "summarize": "odam.evaluation.report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'odam.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

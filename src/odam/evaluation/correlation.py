@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +38,12 @@ from tqdm import tqdm
 
 from odam._atomic import atomic_write
 from odam._distributed import process_group, shard, sync_point
+from odam.evaluation.config import CorrelationConfig
 from odam.evaluation.journal import Journal, check_settings, image_key, image_rows
 from odam.heatmaps import correlation, heatmap_vectors, undefined
 
 KINDS = ("same", "different")
 MEASURES = ("pearson", "cosine")
-
-
-@dataclass(frozen=True)
-class CorrelationConfig:
-    """One correlation run; a rerun in the same folder must agree on all of it."""
-
-    data: str
-    model: str
-    max_images: int = 100
-    score_threshold: float = 0.1
-    assign_iou: float = 0.5
-    overlap_iou: float = 0.3
-    short_edge: int = 50
-    max_predictions: int = 300
-
-    def check(self) -> None:
-        for name in ("max_images", "short_edge", "max_predictions"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("score_threshold", "assign_iou", "overlap_iou"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
 def correlations(vectors: Tensor) -> dict[str, Tensor]:

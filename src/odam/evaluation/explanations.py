@@ -36,6 +36,7 @@ import odam
 from odam._distributed import process_group, shard, sync_point
 from odam.data import Dataset, ImageRecord, read_dataset
 from odam.detectors import DetectorAdapter
+from odam.evaluation.config import IDENTITY, METHODS, SANITY_METHODS, EvaluationConfig
 from odam.evaluation.journal import ObjectJournal, claim, object_records
 from odam.explainers import create_explainer
 from odam.metrics import (
@@ -49,60 +50,6 @@ from odam.metrics import (
 )
 from odam.metrics.sanity import cascading_randomization
 from odam.structures import Detections
-
-#: Method names on the command line, in the order of the paper's tables.
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "drise", "odam")
-#: Methods whose sanity check is run (D-RISE would cost one full D-RISE run per randomised block).
-SANITY_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "odam")
-
-
-#: Settings a resumed run must share with the run it resumes; the others (which methods, how many objects)
-#: may grow between runs, adding records to the same journal.
-IDENTITY: tuple[str, ...] = ("data", "model", "match_iou", "steps", "eval_every", "seed", "drise_masks")
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """What an evaluation measures. A rerun into the same folder must agree on :data:`IDENTITY`.
-
-    Attributes:
-        data: dataset folder or annotation file.
-        model: detector spec for :func:`odam.load_detector`.
-        methods: subset of :data:`METHODS`.
-        max_objects: explain at most this many objects (the first ones in dataset order).
-        drise_objects: D-RISE explains only the first this many of them (``None``: all).
-        drise_masks: D-RISE masks per image.
-        drise_batch: masked images per forward pass.
-        match_iou: a detection explains an object when their IoU is above this.
-        steps, eval_every: Deletion and Insertion steps and how often the detector is re-run.
-        sanity_objects: the sanity check runs on the first this many objects.
-        seed: seeds D-RISE's masks and Deletion's noise (per image and object).
-    """
-
-    data: str
-    model: str
-    methods: tuple[str, ...] = METHODS
-    max_objects: int = 200
-    drise_objects: int | None = None
-    drise_masks: int = 5000
-    drise_batch: int = 32
-    match_iou: float = 0.9
-    steps: int = 100
-    eval_every: int = 10
-    sanity_objects: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown method {unknown[0] if unknown else '(none)'!r}; choose from {','.join(METHODS)}")
-        for name in ("max_objects", "drise_masks", "drise_batch", "steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.drise_objects is not None and self.drise_objects < 0:
-            raise ValueError(f"drise-objects must be >= 0, got {self.drise_objects}")
-        if not 0 <= self.match_iou < 1:
-            raise ValueError(f"match IoU must be in [0, 1), got {self.match_iou}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,62 +37,13 @@ from tqdm import tqdm
 
 from odam._atomic import atomic_path, atomic_write
 from odam._distributed import process_group, shard, sync_point
+from odam.evaluation.config import NmsConfig
 from odam.evaluation.journal import Journal, check_settings, image_key, image_rows
 from odam.metrics.crowd import CrowdResult, DetectionSet, GroundTruth, crowd_metrics
-from odam.nms import METHODS, Suppression
 
 SWEEP_LOW = tuple(round(0.1 * i, 1) for i in range(6))
 SWEEP_HIGH = tuple(round(0.5 + 0.1 * i, 1) for i in range(6))
 LABELS = {"nms": "NMS", "soft-nms": "Soft-NMS", "feature-nms": "FeatureNMS", "odam-nms": "Odam-NMS"}
-
-
-@dataclass(frozen=True)
-class NmsConfig:
-    """One run; a rerun in the same folder must agree on all of it."""
-
-    data: str
-    model: str
-    feature_model: str | None = None
-    methods: tuple[str, ...] = METHODS
-    max_images: int | None = None
-    iou_threshold: float = 0.5
-    low: float = 0.2
-    high: float = 0.8
-    frozen_norm: bool = True
-    short_edge: int = 50
-    centred: bool = True
-    max_candidates: int = 1000
-    sweep: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # method aliases ("odam", "soft", ...) become their names
-        names = []
-        for m in self.methods:
-            try:
-                names.append(Suppression.parse(m).method)
-            except ValueError:
-                names.append(m)  # reported by check()
-        object.__setattr__(self, "methods", tuple(names))
-
-    def check(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"unknown NMS method {bad[0] if bad else ''!r}; choose from {', '.join(METHODS)}")
-        if self.max_images is not None and (isinstance(self.max_images, bool) or self.max_images < 1):
-            raise ValueError(f"max_images must be a positive integer, got {self.max_images!r}")
-        for name in ("iou_threshold", "low", "high"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        for method in (*self.methods, "nms", "odam-nms"):  # validates short_edge, max_candidates, ...
-            self.suppression(method)
-
-    def suppression(self, method: str) -> Suppression:
-        common = {"iou_threshold": self.iou_threshold, "max_candidates": self.max_candidates,
-                  "frozen_norm": self.frozen_norm, "short_edge": self.short_edge, "centred": self.centred}
-        if method == "odam-nms":
-            return Suppression(method, low=self.low, high=self.high, **common)
-        return Suppression(method, **common)
 
 
 def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", progress: bool = True) -> dict | None:

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
 from odam._atomic import atomic_path, atomic_write  # noqa: E402
-from odam.evaluation.explanations import METHODS  # noqa: E402
+from odam.evaluation.config import METHODS  # noqa: E402
 from odam.evaluation.journal import object_records  # noqa: E402
 
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "drise": "D-RISE", "odam": "ODAM"}
