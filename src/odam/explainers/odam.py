@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from odam._image import load_image
 from odam.detectors import DetectorAdapter, wrap_detector
-from odam.detectors.base import FeatureGroup, Trace, borrowed
-from odam.heatmaps import SHORT_EDGE, heatmap_vectors
+from odam.detectors.base import FeatureGroup, Geometry, MapGroup, Trace, borrowed
+from odam.heatmaps import SHORT_EDGE, heatmap_vectors, pooling_matrix, vector_grid
 from odam.structures import TARGETS, Detections, Explanation, check_targets
 
 #: ``smoothing="adaptive"``: sigma = max(MIN_SIGMA, ADAPTIVE_RATIO * sqrt(box_w * box_h)), box size in cells
@@ -48,6 +48,12 @@ class GradientExplainer:
         self.batch_size = batch_size
         self.layer = layer
         self.frozen_norm = False
+        #: Row-wise groups' gradients (FCOS's crops, Faster R-CNN's RoI levels) from one backward pass per target
+        #: through all groups at once, while they fit in :data:`MEMORY_BUDGET`; ``False``: one pass per group.
+        #: The gradients are the same. Per group, each pass also walks the graph shared by all groups (the
+        #: concatenated attributes), so with FCOS's ~100 crop shapes per image the passes grow as groups squared.
+        self.one_backward = True
+        self._row_cache: dict[int, Tensor] = {}
 
     def explain(self, image: object, targets: Sequence[str] = ("score",),
                 detections: Detections | None = None) -> Explanation:
@@ -85,21 +91,50 @@ class GradientExplainer:
         return Explanation(dets.detach(), names, maps, image.detach())
 
     def _fill(self, trace: Trace, dets: Detections, names: tuple[str, ...],
-              explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None], out: object) -> None:
-        """Compute every (detection, target) map of ``dets`` on ``trace`` into ``out[rows, j]``."""
+              explain_group: Callable[[Tensor, FeatureGroup, Tensor, Tensor, Tensor], None], out: object,
+              prepare: Callable[[FeatureGroup], None] | None = None) -> None:
+        """Compute every (detection, target) map of ``dets`` on ``trace`` into ``out[rows, j]``; ``prepare``
+        sees each feature group first."""
         with borrowed(self.detector.model), torch.enable_grad():  # also inside a caller's torch.no_grad()
             self.detector.model.eval()
             y, groups, group_of = trace.graph(dets, frozen_norm=self.frozen_norm)
             y = y[:, [TARGETS.index(n) for n in names]]
-            for g, group in enumerate(groups):
-                members = torch.where(group_of == g)[0]
-                if len(members):
-                    explain_group(y, group, members, dets.boxes, out)
+            self._row_cache = self._all_row_gradients(y, groups, group_of) if self.one_backward else {}
+            try:
+                for g, group in enumerate(groups):
+                    members = torch.where(group_of == g)[0]
+                    if len(members):
+                        if prepare is not None:
+                            prepare(group)
+                        explain_group(y, group, members, dets.boxes, out)
+            finally:
+                self._row_cache = {}
 
-    def vectors(self, trace: Trace, detections: Detections, short_edge: int = SHORT_EDGE) -> Tensor:
+    def _all_row_gradients(self, y: Tensor, groups: list[FeatureGroup], group_of: Tensor) -> dict[int, Tensor]:
+        """:meth:`row_gradients` of every row-wise group, from one backward pass per target through all of them:
+        ``{id(group): Tensor[T, R, ...]}``. A row influences only its own detection, so the gradient of the sum
+        over all their detections w.r.t. one group's input is that group's own."""
+        rowwise = [g for g, group in enumerate(groups) if group.rowwise and bool((group_of == g).any())]
+        held = sum(groups[g].input.numel() * groups[g].input.element_size() for g in rowwise) * y.shape[1]
+        if len(rowwise) < 2 or held > MEMORY_BUDGET:
+            return {}  # one group, or too much to hold at once: one backward pass per group as it comes
+        members = torch.where(torch.isin(group_of, torch.tensor(rowwise, device=group_of.device)))[0]
+        inputs = [groups[g].input for g in rowwise]
+        per_target = [torch.autograd.grad(y[members, j].sum(), inputs, retain_graph=True) for j in range(y.shape[1])]
+        return {id(groups[g]): torch.stack([grads[k] for grads in per_target]) for k, g in enumerate(rowwise)}
+
+    def vectors(self, trace: Trace, detections: Detections, short_edge: int = SHORT_EDGE, *,
+                direct: bool = True) -> Tensor:
         """``Tensor[N, D]``: each detection's score map, block-averaged to ``short_edge`` cells and flattened by
         :func:`odam.heatmaps.heatmap_vectors` (what Odam-NMS compares); computed chunk by chunk, never holding
         all full-size maps at once.
+
+        With ``direct=True`` (the default), maps of feature groups that are placed on the image by
+        :class:`~odam.detectors.base.MapGroup`'s bilinear resampling (FPN levels, FCOS's crops, Faster R-CNN's
+        RoI levels) go from the feature grid to the averaged cells in two small matrix products: the resampling
+        and the block average are both separable, so ``average(resample(m)) = P_y @ m @ P_x.T``. No map of the
+        image's size is made. The vectors equal those of ``direct=False`` (resample to the image, then
+        :func:`~odam.heatmaps.heatmap_vectors`) up to float32 rounding; other groups always take that path.
 
         Args:
             trace: a pass of this explainer's detector on the image (``detector.trace(image)``, or with
@@ -116,17 +151,20 @@ class GradientExplainer:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("odam-nms needs gradients: run the detector outside torch.inference_mode()")
         H, W = trace.geometry.original
-        size = heatmap_vectors(torch.zeros(1, H, W), short_edge).shape[1]
-        vectors = torch.zeros(len(detections), size, device=detections.boxes.device)
+        grid = vector_grid(H, W, short_edge)
+        vectors = torch.zeros(len(detections), grid[0] * grid[1], device=detections.boxes.device)
 
         class Sink:
             dtype = torch.float32
 
             def __setitem__(self, key: tuple[Tensor, Tensor], maps: Tensor) -> None:
-                vectors[key[0]] = heatmap_vectors(maps, short_edge)
+                # maps on the image, or already averaged to the grid by a direct placement (when the image is
+                # the grid's size the two are the same)
+                vectors[key[0]] = maps.flatten(1) if maps.shape[-2:] == grid else heatmap_vectors(maps, short_edge)
 
         if len(detections):
-            self._fill(trace, detections, ("score",), self._explain_group, Sink())
+            prepare = _DirectPlacement(trace.geometry, grid) if direct else None
+            self._fill(trace, detections, ("score",), self._explain_group, Sink(), prepare)
         return vectors
 
     def _explain_group(self, y: Tensor, group: FeatureGroup, members: Tensor, boxes: Tensor, out: Tensor) -> None:
@@ -136,6 +174,9 @@ class GradientExplainer:
         """For row-wise groups, ``Tensor[T, R, ...]``: every member's gradient from one backward pass per target."""
         if not group.rowwise:
             return None
+        cached = getattr(self, "_row_cache", {}).get(id(group))
+        if cached is not None:
+            return cached
         return torch.stack([
             torch.autograd.grad(y[members, j].sum(), group.input, retain_graph=True)[0] for j in range(y.shape[1])
         ])
@@ -251,6 +292,49 @@ class ODAM(GradientExplainer):
         if callable(s):
             return torch.as_tensor(s(cells), dtype=cells.dtype, device=cells.device).expand_as(cells)
         return torch.full_like(cells, float(s))
+
+
+class _DirectPlacement:
+    """For :meth:`GradientExplainer.vectors`: make a :class:`MapGroup` place its maps straight onto the averaged
+    cells of ``grid`` (``Tensor[B, rows, cols]``) instead of onto the image.
+
+    ``MapGroup.to_image`` samples the map bilinearly (border padding) at each original pixel's centre, on a grid
+    that is the outer product of one row and one column of sample points; each output pixel mixes two rows and
+    two columns with weights that depend on its row alone and its column alone. So the image-size map is
+    ``R_y @ m @ R_x.T``, and its block average ``A_y @ R_y @ m @ R_x.T @ A_x.T``: ``P_y = A_y @ R_y`` is
+    ``[rows, h]``, ``P_x`` is ``[cols, w]``. ``R_y`` and ``R_x`` are read off ``grid_sample`` itself, on the
+    identity, so they hold its own weights. The group object is the one :meth:`Trace.graph` made for this call;
+    its ``to_image`` is replaced on that object only (``weighted``'s placement calls it).
+    """
+
+    def __init__(self, geometry: Geometry, grid: tuple[int, int]) -> None:
+        self.geometry, self.grid = geometry, grid
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, group: FeatureGroup) -> None:
+        if isinstance(group, MapGroup) and type(group).to_image is MapGroup.to_image:
+            group.to_image = lambda maps, rows, g=group: self.place(g, maps)  # type: ignore[method-assign]
+
+    def place(self, group: MapGroup, maps: Tensor) -> Tensor:
+        h, w = maps.shape[-2:]
+        key = (h, w, group.stride, group.centre, maps.device, maps.dtype)
+        if key not in self._cache:
+            ys, xs = self.geometry.input_pixels(maps.device, maps.dtype)
+            # MapGroup.to_image's sample points, in grid_sample's [-1, 1] coordinates
+            gy = (2 * (ys - group.centre[0]) / group.stride[0] + 1) / h - 1
+            gx = (2 * (xs - group.centre[1]) / group.stride[1] + 1) / w - 1
+            self._cache[key] = (self._axis(gy, h, self.grid[0]), self._axis(gx, w, self.grid[1]))
+        py, px = self._cache[key]
+        return py @ maps @ px.T
+
+    @staticmethod
+    def _axis(coords: Tensor, n: int, cells: int) -> Tensor:
+        """``P = A @ R`` for one axis: ``R`` (``[len(coords), n]``) samples ``n`` cells at ``coords`` as
+        ``grid_sample`` does (bilinear, border, ``align_corners=False``), ``A`` averages into ``cells``."""
+        eye = torch.eye(n, device=coords.device, dtype=coords.dtype)[None, :, :, None]  # [1, n, n, 1]
+        points = torch.stack([torch.zeros_like(coords), coords], -1)[None, :, None]  # [1, L, 1, 2] as (x, y)
+        r = F.grid_sample(eye, points, mode="bilinear", padding_mode="border", align_corners=False)[0, :, :, 0].T
+        return pooling_matrix(len(coords), cells, coords.device).to(coords.dtype) @ r
 
 
 def explain_loop(explainer: ODAM, image: object, targets: Sequence[str] = ("score",),
