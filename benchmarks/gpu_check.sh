@@ -47,6 +47,7 @@ DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 SKIP=",${GPU_CHECK_SKIP:-},"
 if [ "$DEVICE" = cpu ]; then
     GPUS=1  # a dry run of the plumbing: every step on the CPU, no NCCL
+    SEEN="a dry run on the CPU"
 elif [ "$GPUS" = 0 ]; then
     echo "gpu_check: no CUDA GPU visible to torch, nothing to run"
     exit 0
@@ -163,12 +164,12 @@ tables() {  # the markdown tables the benchmarks print (a line naming the comman
     local log
     for log in "$WORK/bench_batched.log" "$WORK/bench_nms.log"; do
         [ -f "$log" ] || continue
-        awk '/^`python benchmarks\// { print ""; print; next } /^\|/ { print } /^$/ { next }' "$log"
+        awk '/^`python benchmarks\// { print ""; print; print ""; next } /^\|/ { print }' "$log"
     done
 }
 SUMMARY="$WORK/summary.md"
 {
-    echo "\`benchmarks/gpu_check.sh\` on $CARD ($GPUS GPU(s)), $VERSIONS; ${TOTAL}s of a ${BUDGET}s budget."
+    echo "\`benchmarks/gpu_check.sh\` on $CARD (${SEEN:-$GPUS GPU(s)}), $VERSIONS; ${TOTAL}s of a ${BUDGET}s budget."
     echo
     echo "| step | status | seconds |"
     echo "|---|---|---|"
