@@ -101,7 +101,8 @@ def undefined(vectors: Tensor, centred: bool = True) -> Tensor:
 
 def _flat(x: Tensor, centred_norm: Tensor) -> Tensor:
     """:func:`undefined` (centred) from the vectors ``x`` and the norms of their centred versions."""
-    return centred_norm <= 1e-6 * x.abs().amax(1).clamp_min(1e-30)
+    peak = torch.maximum(x.amax(1), -x.amin(1))  # max |x| without an |x| copy of the vectors
+    return centred_norm <= 1e-6 * peak.clamp_min(1e-30)
 
 
 def correlation(vectors: Tensor, centred: bool = True) -> Tensor:

@@ -111,7 +111,7 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
     order = visit_order(scores)
     # Everything in visit order once, so that a run of later candidates is a view, not a copy.
-    unit = unit_vectors(vectors.to(boxes.device), centred)[order]
+    unit = unit_vectors(vectors.to(boxes.device)[order], centred)
     b = boxes.float()[order]
     labels = None if idxs is None else idxs[order]
 
