@@ -111,8 +111,10 @@ def _images(data: str, count: int, short_side: int | None) -> list[torch.Tensor]
 
 
 def pipeline_times(model: str, data: str, images: int, max_candidates: int, device: torch.device,
-                   exact: bool = True) -> dict:
-    """Mean seconds per image of each pipeline, and Odam-NMS's (frozen) breakdown."""
+                   exact: bool = True, previous: bool = True) -> dict:
+    """Mean seconds per image of each pipeline, and Odam-NMS's (frozen) breakdown; ``previous`` also times the
+    previous frozen pipeline (maps resampled to the image, one backward pass per crop group, the previous block
+    pass)."""
     if model in R50:
         inner = odam.wrap_detector(_r50(model).to(device))
         pictures = _images(data, images + 1, 800)
@@ -141,7 +143,8 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int, devi
         clock["candidates"] = len(trace.detections)
 
     stages = ("forward", "maps", "suppression", "candidates")
-    times: dict[str, list[float]] = {k: [] for k in ("nms", "odam-nms (frozen)", "odam-nms (exact)", *stages)}
+    times: dict[str, list[float]] = {k: [] for k in ("nms", "odam-nms (frozen)", "odam-nms (exact)", "previous",
+                                                     *stages)}
     for i, image in enumerate(pictures):
         image = image.to(device)
         clock: dict[str, float] = {}
@@ -151,6 +154,14 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int, devi
         _sync(device)
         t_nms = time.perf_counter() - start
         odam_staged(image, clock)
+        t_previous = None
+        if previous:
+            start = time.perf_counter()
+            trace = inner.trace(image, candidates=True, max_candidates=max_candidates)
+            vectors = _previous_explainer(inner).vectors(trace, trace.detections, frozen.short_edge, direct=False)
+            _previous_keep(trace.detections, frozen, vectors, inner.max_detections)
+            _sync(device)
+            t_previous = time.perf_counter() - start
         t_exact = None
         if exact:
             start = time.perf_counter()
@@ -164,8 +175,30 @@ def pipeline_times(model: str, data: str, images: int, max_candidates: int, devi
                 times[k].append(clock[k])
             if exact:
                 times["odam-nms (exact)"].append(t_exact)
+            if previous:
+                times["previous"].append(t_previous)
     mean = {k: statistics.mean(v) if v else None for k, v in times.items()}
     return {"model": model, "images": len(pictures) - 1, **mean}
+
+
+def _previous_explainer(detector: odam.DetectorAdapter) -> ODAM:
+    """ODAM as the previous pipeline ran it: maps resampled to the image, one backward pass per crop group."""
+    explainer = ODAM(detector, frozen_norm=True)
+    explainer.one_backward = False
+    return explainer
+
+
+def _previous_keep(cands: odam.Detections, config: Suppression, vectors: torch.Tensor,
+                   max_detections: int | None) -> torch.Tensor:
+    """What ``decide`` keeps, with the previous block pass, class by class."""
+    kept = []
+    for label in torch.unique(cands.labels):
+        idx = torch.where(cands.labels == label)[0]
+        kept.append(idx[ops._odam_blocks(cands.boxes[idx], cands.scores[idx], vectors[idx], None,
+                                         config.iou_threshold, config.low, config.high, config.centred)])
+    keep = torch.cat(kept)
+    keep = keep[torch.sort(cands.scores[keep], descending=True, stable=True).indices]
+    return keep[:max_detections]
 
 
 def kept_set_check(models: list[str], data: str, images: int, max_candidates: int, device: torch.device
@@ -182,20 +215,11 @@ def kept_set_check(models: list[str], data: str, images: int, max_candidates: in
         for image in pictures:
             trace = inner.trace(image.to(device), candidates=True, max_candidates=max_candidates)
             cands = trace.detections
-            explainer = ODAM(inner, frozen_norm=True)
-            new = explainer.vectors(trace, cands, config.short_edge)
-            old = explainer.vectors(trace, cands, config.short_edge, direct=False)
+            new = ODAM(inner, frozen_norm=True).vectors(trace, cands, config.short_edge)
+            old = _previous_explainer(inner).vectors(trace, cands, config.short_edge, direct=False)
             worst = max(worst, float(((new - old).abs().amax(1) / old.abs().amax(1).clamp_min(1e-30)).max()))
             keep_new = decide(cands, config, vectors=new, max_detections=inner.max_detections).keep
-            kept_old = []
-            for label in torch.unique(cands.labels):  # the previous pass, class by class as decide() runs it
-                idx = torch.where(cands.labels == label)[0]
-                kept_old.append(idx[ops._odam_blocks(cands.boxes[idx], cands.scores[idx], old[idx],
-                                                     iou_threshold=config.iou_threshold, low=config.low,
-                                                     high=config.high, centred=config.centred)])
-            keep_old = torch.cat(kept_old)
-            keep_old = keep_old[torch.sort(cands.scores[keep_old], descending=True, stable=True).indices]
-            keep_old = keep_old[:inner.max_detections]
+            keep_old = _previous_keep(cands, config, old, inner.max_detections)
             same += keep_new.tolist() == keep_old.tolist()
         rows.append({"model": model, "images": len(pictures), "identical": same, "vector_error": worst})
     return rows
@@ -215,15 +239,16 @@ def markdown(supp: list[dict], pipes: list[dict], checks: list[dict], threads: i
         lines.append(f"| {r['case']} | {r['n']} | {r['kept']} | **{r['odam_nms']:.1f}** | {r['previous']:.1f} | "
                      f"{r['torchvision']:.1f} | {goal} |")
     lines += ["", "| model | images | candidates / image | detector + NMS (s) | + maps + Odam-NMS, frozen GN (s) | "
-              "ratio | goal | exact GN (s) | ratio | Odam-NMS: forward (s) | maps (s) | suppression (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ratio | goal | previous pipeline (s) | ratio | exact GN (s) | ratio | Odam-NMS: forward (s) | maps (s) "
+              "| suppression (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in pipes:
         goal = "≤ 1.5x" if p["model"] in R50 else "≤ 10x"
-        exact = p["odam-nms (exact)"]
+        exact, before = p["odam-nms (exact)"], p["previous"]
         exact_ratio = "—" if exact is None else f"{exact / p['nms']:.1f}x"
+        before_ratio = "—" if before is None else f"{before / p['nms']:.1f}x"
         lines.append(f"| {Path(p['model']).name} | {p['images']} | {p['candidates']:.0f} | {p['nms']:.3f} | "
                      f"{p['odam-nms (frozen)']:.3f} | **{p['odam-nms (frozen)'] / p['nms']:.1f}x** | {goal} | "
-                     f"{_s(exact)} | {exact_ratio} | "
+                     f"{_s(before)} | {before_ratio} | {_s(exact)} | {exact_ratio} | "
                      f"{p['forward']:.3f} | {p['maps']:.3f} | {p['suppression']:.3f} |")
     if checks:
         lines += ["", "Kept sets, current pipeline against the previous one (maps resampled to the image then "
@@ -243,6 +268,8 @@ def main() -> None:
                         help="ResNet-50-FPN rows (random weights, 800 px); none with an empty list")
     parser.add_argument("--images", type=int, default=10, help="timed images per bundled model (after one warm-up)")
     parser.add_argument("--r50-images", type=int, default=2, help="timed images per ResNet-50 model")
+    parser.add_argument("--r50-previous", action="store_true",
+                        help="also time the previous pipeline on the ResNet-50 rows (slow on a CPU)")
     parser.add_argument("--check", type=int, default=20, help="images for the kept-set check (0: skip)")
     parser.add_argument("--max-candidates", type=int, default=1000)
     parser.add_argument("--n", type=int, default=1000, help="candidates for the suppression-only timing")
@@ -256,8 +283,8 @@ def main() -> None:
     supp = suppression_times(args.n, args.repeats, device)
     print(markdown(supp, [], [], args.threads, device), flush=True)
     pipes = [pipeline_times(m, args.data, args.images, args.max_candidates, device) for m in args.models]
-    pipes += [pipeline_times(m, args.data, args.r50_images, args.max_candidates, device, exact=False)
-              for m in args.r50]
+    pipes += [pipeline_times(m, args.data, args.r50_images, args.max_candidates, device, exact=False,
+                             previous=args.r50_previous) for m in args.r50]
     checks = kept_set_check(args.models, args.data, args.check, args.max_candidates, device) if args.check else []
     text = markdown(supp, pipes, checks, args.threads, device)
     print(text)
