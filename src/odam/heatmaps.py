@@ -101,7 +101,8 @@ def undefined(vectors: Tensor, centred: bool = True) -> Tensor:
 
 def _flat(x: Tensor, centred_norm: Tensor) -> Tensor:
     """:func:`undefined` (centred) from the vectors ``x`` and the norms of their centred versions."""
-    peak = torch.maximum(x.amax(1), -x.amin(1))  # max |x| without an |x| copy of the vectors
+    low, high = torch.aminmax(x, dim=1)
+    peak = torch.maximum(high, -low)  # max |x| in one pass, without an |x| copy of the vectors
     return centred_norm <= 1e-6 * peak.clamp_min(1e-30)
 
 
