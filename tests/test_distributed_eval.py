@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from odam._distributed import environment, shard, sync_point
 from odam.cli import main
@@ -43,6 +45,18 @@ NMS = ["evaluate", "nms", "--model", "synthcrowd-fcos", "--methods", "nms,odam-n
 EXPLANATIONS = ["evaluate", "explanations", "--model", "synthcrowd-fcos", "--methods", "odam,gradcam", "--steps",
                 "4", "--eval-every", "2", "--sanity-objects", "1", "--device", "cpu"]
 IMAGES = 6
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The single-process reference runs on one thread, as the torchrun ranks do (``_ENV``): a thread count can
+    change a convolution's last bits, and with them the order of near-tied scores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +209,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers in /proc")
 def test_nms_on_two_ranks_survives_a_rank_killed_mid_run_and_gives_the_single_process_summary(
-        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, one_thread: None) -> None:
     assert main([*NMS, "--data", str(data), "--out", str(tmp_path / "one")]) == 0
     capsys.readouterr()
     one, two = tmp_path / "one" / "synthcrowd-fcos", tmp_path / "two" / "synthcrowd-fcos"
@@ -230,7 +244,7 @@ def test_nms_on_two_ranks_survives_a_rank_killed_mid_run_and_gives_the_single_pr
 
 
 def test_explanations_on_two_ranks_give_the_single_process_summary_and_resume_on_one(
-        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, one_thread: None) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*EXPLANATIONS, "--data", str(data), "--max-objects", "4", "--out", str(one)]) == 0
     capsys.readouterr()
