@@ -2,7 +2,8 @@
 # The CUDA paths in one run of at most 8 minutes on one GPU (docs/PERFORMANCE.md, "GPU"):
 #   1. the tests that take the `device` fixture, on CUDA (pytest -m device --device cuda);
 #   2. benchmarks/bench_batched.py --device cuda (batched ODAM, the loop and frozen GroupNorm statistics);
-#   3. benchmarks/bench_nms.py --device cuda on a tiny synthetic crowd;
+#   3. benchmarks/bench_nms.py --device cuda on a tiny synthetic crowd, and benchmarks/bench_drise.py --rpn-compare
+#      (D-RISE with 5000 masks on Faster R-CNN: torchvision's per-image RPN against the batched one);
 #   4. 5 training iterations (odam train uses AMP on CUDA by itself), stopped after that epoch's checkpoint as a
 #      kill would stop it, then `odam train --resume` for the second epoch and the evaluation;
 #   5. with two GPUs or more: `odam evaluate nms` in 2 processes over NCCL (torchrun).
@@ -103,6 +104,7 @@ step data 60 "$PY" -m odam data synthcrowd --out "$DATA" --num-images 16 --seed 
 step tests 200 "$PY" -m pytest -q -p no:cacheprovider -m device --device "$DEVICE" tests
 step bench_batched 150 "$PY" benchmarks/bench_batched.py --device "$DEVICE" --ks 1,10,100
 step bench_nms 90 "$PY" benchmarks/bench_nms.py --device "$DEVICE" --data "$DATA" --images 3 --repeats 5
+step bench_drise 90 "$PY" benchmarks/bench_drise.py --rpn-compare --device "$DEVICE" --masks 5000 --repeats 2
 
 # Training: 2 epochs of 5 iterations (15 training images at batch size 2 would be 8); the first run stops right
 # after the first epoch's checkpoint, as a kill there would (the way tests/test_resume.py interrupts), and exits
@@ -162,8 +164,11 @@ fi
 TOTAL=$(($(date +%s) - START_S))
 tables() {  # the markdown tables the benchmarks print (a line naming the command, then "| ..." rows)
     local log
-    for log in "$WORK/bench_batched.log" "$WORK/bench_nms.log"; do
+    for log in "$WORK/bench_batched.log" "$WORK/bench_nms.log" "$WORK/bench_drise.log"; do
         [ -f "$log" ] || continue
+        if [ "$log" = "$WORK/bench_drise.log" ]; then  # its table has no line naming the command
+            printf '\n%s\n\n' "\`python benchmarks/bench_drise.py --rpn-compare --masks 5000 --repeats 2\`"
+        fi
         awk '/^`python benchmarks\// { print ""; print; print ""; next } /^\|/ { print }' "$log"
     done
 }
