@@ -103,7 +103,8 @@ DATA="$WORK/synthcrowd"
 step data 60 "$PY" -m odam data synthcrowd --out "$DATA" --num-images 16 --seed 1 --size 128
 step tests 200 "$PY" -m pytest -q -p no:cacheprovider -m device --device "$DEVICE" tests
 step bench_batched 150 "$PY" benchmarks/bench_batched.py --device "$DEVICE" --ks 1,10,100
-step bench_nms 90 "$PY" benchmarks/bench_nms.py --device "$DEVICE" --data "$DATA" --images 3 --repeats 5
+step bench_nms 120 "$PY" benchmarks/bench_nms.py --device "$DEVICE" --data "$DATA" --images 3 --r50-images 1 --check 2 \
+    --repeats 5
 step bench_drise 90 "$PY" benchmarks/bench_drise.py --rpn-compare --device "$DEVICE" --masks 5000 --repeats 2
 
 # Training: 2 epochs of 5 iterations (15 training images at batch size 2 would be 8); the first run stops right
