@@ -2,7 +2,7 @@
 and at the paper's (ResNet-50-FPN, 800 px, about 1000 candidates per image).
 
 1. **The suppression** (``odam.nms``) on N = 1000 candidates with 50x50 heat-map vectors, against
-   ``torchvision.ops.nms`` on the same boxes and against the previous block pass (``ops._odam_blocks``):
+   ``torchvision.ops.nms`` on the same boxes and against the previous block pass (``ops.odam_nms_reference``):
    realistic candidates (clusters of overlapping boxes around 60 objects, maps resembling their object's: most
    are suppressed) and the worst case (random boxes with unrelated maps: nothing is suppressed, every IoU and
    correlation row is needed). Median of ``--repeats``, interleaved.
@@ -16,7 +16,7 @@ and at the paper's (ResNet-50-FPN, 800 px, about 1000 candidates per image).
    side; their exact-GroupNorm pipeline is not timed (one full-head backward pass per candidate: hours on a CPU).
 3. **The kept sets** (``--check``): on the first images of the dataset, with both bundled models, the kept set of
    the current pipeline (maps placed directly on the 50-cell grid, ``odam_nms``) against the previous one (maps
-   resampled to the image then averaged, ``ops._odam_blocks``).
+   resampled to the image then averaged, ``ops.odam_nms_reference``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_nms.py --data /work/data/eval-crowd                         # print
     OMP_NUM_THREADS=1 python benchmarks/bench_nms.py --data /work/data/eval-crowd --write docs/PERFORMANCE.md
@@ -74,7 +74,7 @@ def suppression_times(n: int, repeats: int, device: torch.device) -> list[dict]:
         boxes, scores, vectors = (t.to(device) for t in data)
         fns: dict[str, Callable] = {
             "odam_nms": lambda b=boxes, s=scores, v=vectors: odam_nms(b, s, v),
-            "previous": lambda b=boxes, s=scores, v=vectors: ops._odam_blocks(b, s, v),
+            "previous": lambda b=boxes, s=scores, v=vectors: ops.odam_nms_reference(b, s, v),
             "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
         }
         times: dict[str, list[float]] = {k: [] for k in fns}
@@ -194,7 +194,7 @@ def _previous_keep(cands: odam.Detections, config: Suppression, vectors: torch.T
     kept = []
     for label in torch.unique(cands.labels):
         idx = torch.where(cands.labels == label)[0]
-        kept.append(idx[ops._odam_blocks(cands.boxes[idx], cands.scores[idx], vectors[idx], None,
+        kept.append(idx[ops.odam_nms_reference(cands.boxes[idx], cands.scores[idx], vectors[idx], None,
                                          config.iou_threshold, config.low, config.high, config.centred)])
     keep = torch.cat(kept)
     keep = keep[torch.sort(cands.scores[keep], descending=True, stable=True).indices]

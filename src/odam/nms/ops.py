@@ -124,8 +124,8 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     return order[_greedy_sorted(len(order), duplicate, order.device)]
 
 
-def _odam_blocks(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None = None,
-                 iou_threshold: float = 0.5, low: float = 0.2, high: float = 0.8, centred: bool = True) -> Tensor:
+def odam_nms_reference(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None = None,
+                       iou_threshold: float = 0.5, low: float = 0.2, high: float = 0.8, centred: bool = True) -> Tensor:
     """The block pass :func:`odam_nms` used before :func:`_greedy_sorted`: rows of the next ``_BLOCK`` candidates
     alive against every later one alive, gathered, a suppressed block member's row wasted. The same kept set; kept
     as the reference the faster pass is tested (``tests/test_nms_fast.py``) and timed (``bench_nms.py``) against.
