@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests._journals import journal_lines, without
 
 from odam._distributed import environment, shard, sync_point
 from odam.cli import main
@@ -178,19 +179,6 @@ def _finish(proc: subprocess.Popen, log: Path) -> str:
     return log.read_text()
 
 
-def _lines(path: Path) -> list[dict]:
-    text = path.read_text() if path.exists() else ""
-    assert text == "" or text.endswith("\n")  # every line whole
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def _drop(value: object, keys: tuple[str, ...]) -> object:
-    """``value`` without the timing fields ``keys``, at any depth."""
-    if isinstance(value, dict):
-        return {k: _drop(v, keys) for k, v in value.items() if k not in keys}
-    if isinstance(value, list):
-        return [_drop(v, keys) for v in value]
-    return value
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -224,13 +212,13 @@ def test_nms_on_two_ranks_survives_a_rank_killed_mid_run_and_gives_the_single_pr
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     assert killed.wait(timeout=120) != 0  # torchrun stops rank 0 too and fails
-    done = len(_lines(journal1))
+    done = len(journal_lines(journal1))
     assert 1 <= done < IMAGES // 2  # rank 1 died with its shard (images 1, 3, 5) begun and not finished
     assert not (two / "summary.json").exists()
 
     printed = _finish(_torchrun(args, tmp_path / "rerun.log"), tmp_path / "rerun.log")
     assert printed.count("| model | method | AP ↑") == 1  # rank 0 alone reports
-    ranks = {rank: _lines(rank_path(two / "images.jsonl", rank)) for rank in (0, 1)}
+    ranks = {rank: journal_lines(rank_path(two / "images.jsonl", rank)) for rank in (0, 1)}
     # every image exactly once, each on the rank the fixed shard gives it
     assert sorted(r["image_id"] for rows in ranks.values() for r in rows) == sorted(image_rows(one / "images.jsonl"))
     order = list(image_rows(one / "images.jsonl"))
@@ -238,8 +226,8 @@ def test_nms_on_two_ranks_survives_a_rank_killed_mid_run_and_gives_the_single_pr
     # the first image of each process is its untimed warm-up: rank 1 ran in two processes
     assert [r["timed"] for r in ranks[1]] == [False, *[True] * (done - 1), False, *[True] * (2 - done)]
     timing = ("seconds", "timed")
-    assert _drop(json.loads((two / "summary.json").read_text()), timing) == \
-        _drop(json.loads((one / "summary.json").read_text()), timing)
+    assert without(json.loads((two / "summary.json").read_text()), timing) == \
+        without(json.loads((one / "summary.json").read_text()), timing)
     assert json.loads((two / "config.json").read_text()) == json.loads((one / "config.json").read_text())
 
 
@@ -251,12 +239,12 @@ def test_explanations_on_two_ranks_give_the_single_process_summary_and_resume_on
     printed = _finish(_torchrun([*EXPLANATIONS, "--data", str(data), "--max-objects", "4", "--out", str(two)],
                                 tmp_path / "two.log"), tmp_path / "two.log")
     assert printed.count("| ODAM |") == (one / "summary.md").read_text().count("| ODAM |") > 0  # rank 0 alone
-    assert _lines(two / "objects.rank1.jsonl")  # both ranks measured
+    assert journal_lines(two / "objects.rank1.jsonl")  # both ranks measured
     timing = ("seconds_per_object",)
     for name in ("summary.json", "summary.csv"):
         ours, theirs = ((run / name).read_text() for run in (two, one))
         if name.endswith(".json"):
-            ours, theirs = (_drop(json.loads(text), timing) for text in (ours, theirs))
+            ours, theirs = (without(json.loads(text), timing) for text in (ours, theirs))
         else:
             ours, theirs = ([line.rsplit(",", 1)[0] for line in text.splitlines()] for text in (ours, theirs))
         assert ours == theirs, name
@@ -266,11 +254,11 @@ def test_explanations_on_two_ranks_give_the_single_process_summary_and_resume_on
         assert main([*EXPLANATIONS, "--data", str(data), "--max-objects", "6", "--out", str(run)]) == 0
     assert {p.name: p.read_text() for p in two.glob("*.rank1.jsonl")} == before
     for name in ("objects.jsonl", "sanity.jsonl"):
-        rows = [r for path in journal_paths(two / name) for r in _lines(path)]
+        rows = [r for path in journal_paths(two / name) for r in journal_lines(path)]
         keys = [(r["image_id"], r["ann_id"], r["method"]) for r in rows]
         assert len(keys) == len(set(keys))  # nothing measured twice
-        assert _drop(object_records(two / name, METHODS), ("seconds",)) == \
-            _drop(object_records(one / name, METHODS), ("seconds",))
-    assert _drop(json.loads((two / "summary.json").read_text()), timing) == \
-        _drop(json.loads((one / "summary.json").read_text()), timing)
+        assert without(object_records(two / name, METHODS), ("seconds",)) == \
+            without(object_records(one / name, METHODS), ("seconds",))
+    assert without(json.loads((two / "summary.json").read_text()), timing) == \
+        without(json.loads((one / "summary.json").read_text()), timing)
 

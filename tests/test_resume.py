@@ -23,6 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 from PIL import Image
+from tests._journals import journal_lines, without
 
 import odam
 from odam.cli import main
@@ -307,19 +308,6 @@ def _flag(out: Path, resume_flag: tuple[str, ...]) -> tuple[str, ...]:
     return resume_flag if (out / "train_state.safetensors").exists() else ()
 
 
-def _lines(path: Path) -> list[dict]:
-    text = path.read_text() if path.exists() else ""
-    assert text == "" or text.endswith("\n")
-    return [json.loads(line) for line in text.splitlines()]  # every line whole
-
-
-def _drop(value: object, keys: tuple[str, ...]) -> object:
-    """``value`` without the timing fields ``keys``, at any depth."""
-    if isinstance(value, dict):
-        return {k: _drop(v, keys) for k, v in value.items() if k not in keys}
-    if isinstance(value, list):
-        return [_drop(v, keys) for v in value]
-    return value
 
 
 def test_evaluate_nms_resumes_to_the_uninterrupted_result(crowd: Path, tmp_path: Path) -> None:
@@ -333,10 +321,10 @@ def test_evaluate_nms_resumes_to_the_uninterrupted_result(crowd: Path, tmp_path:
     assert whole.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-3000:]
     a, b = tmp_path / "whole" / "synthcrowd-fcos", tmp_path / "killed" / "synthcrowd-fcos"
     timing = ("seconds", "timed")  # the first image of each process is not timed
-    rows = _drop(_lines(b / "images.jsonl"), timing)
-    assert rows == _drop(_lines(a / "images.jsonl"), timing) and len(rows) == images
-    assert _drop(json.loads((b / "summary.json").read_text()), timing) == \
-        _drop(json.loads((a / "summary.json").read_text()), timing)
+    rows = without(journal_lines(b / "images.jsonl"), timing)
+    assert rows == without(journal_lines(a / "images.jsonl"), timing) and len(rows) == images
+    assert without(json.loads((b / "summary.json").read_text()), timing) == \
+        without(json.loads((a / "summary.json").read_text()), timing)
     assert (b / "sweep.csv").read_text() == (a / "sweep.csv").read_text()
 
 
@@ -348,7 +336,7 @@ def test_evaluate_correlation_resumes_to_the_uninterrupted_result(crowd: Path, t
     _interrupt_then_resume(args, tmp_path / "killed", images, seed=12, log=tmp_path / "killed.log")
     assert whole.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-3000:]
     a, b = tmp_path / "whole" / "synthcrowd-fcos", tmp_path / "killed" / "synthcrowd-fcos"
-    assert _lines(b / "images.jsonl") == _lines(a / "images.jsonl")
+    assert journal_lines(b / "images.jsonl") == journal_lines(a / "images.jsonl")
     for name in ("summary.json", "summary.md"):
         assert (b / name).read_text() == (a / name).read_text()
 
@@ -360,18 +348,18 @@ def test_evaluate_explanations_resumes_to_the_uninterrupted_result(crowd: Path, 
     whole = _start([*args, "--out", str(tmp_path / "whole")], tmp_path / "whole.log")
     assert whole.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()[-3000:]
     a, b = tmp_path / "whole", tmp_path / "killed"
-    objects, sanity = _lines(a / "objects.jsonl"), _lines(a / "sanity.jsonl")
+    objects, sanity = journal_lines(a / "objects.jsonl"), journal_lines(a / "sanity.jsonl")
     assert {r["method"] for r in objects} == {"odam", "gradcam", "drise"} and sanity
     # one record write per (image, method) in each journal
     records = len({(r["image_id"], r["method"]) for r in objects}) + len({(r["image_id"], r["method"]) for r in sanity})
     _interrupt_then_resume(args, b, records, seed=13, log=tmp_path / "killed.log")
     for name in ("objects.jsonl", "sanity.jsonl"):
-        got = _lines(b / name)
+        got = journal_lines(b / name)
         assert len(got) == len({(r["image_id"], r["ann_id"], r["method"]) for r in got})  # none measured twice
-        assert _drop(journal.object_records(b / name, METHODS), ("seconds",)) == \
-            _drop(journal.object_records(a / name, METHODS), ("seconds",))
+        assert without(journal.object_records(b / name, METHODS), ("seconds",)) == \
+            without(journal.object_records(a / name, METHODS), ("seconds",))
     first, second = (json.loads((p / "summary.json").read_text()) for p in (a, b))
-    assert _drop(second, ("seconds_per_object",)) == _drop(first, ("seconds_per_object",))
+    assert without(second, ("seconds_per_object",)) == without(first, ("seconds_per_object",))
     assert (b / "summary.md").read_text().count("| ODAM |") >= 1 and (b / "curves.png").stat().st_size > 0
 
 
@@ -391,9 +379,9 @@ def test_train_resumes_to_the_weights_of_an_uninterrupted_run(crowd: Path, tmp_p
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     ca, cb = (json.loads((p / "config.json").read_text()) for p in (a, b))
     timing = ("seconds", "out")
-    assert cb["epochs_done"] == epochs and _drop(cb, timing) == _drop(ca, timing)
+    assert cb["epochs_done"] == epochs and without(cb, timing) == without(ca, timing)
     sa, sb = (json.loads((p / "train_state.json").read_text()) for p in (a, b))
-    assert _drop(sb, timing) == _drop(sa, timing)
+    assert without(sb, timing) == without(sa, timing)
     # the epochs finished before the last kill were not trained again: their records, wall times included, stay
     assert before is not None and sb["history"][: len(before["history"])] == before["history"]
     detector = odam.load_detector(b)  # the checkpoint is a loadable detector
