@@ -100,3 +100,20 @@ def test_unknown_names_raise_attribute_error() -> None:
         odam.no_such_name  # noqa: B018
     assert set(odam.__all__) <= set(dir(odam))
     assert odam.ODAM.__name__ == "ODAM" and Path(odam.__file__).name == "__init__.py"
+
+
+def test_submodules_are_attributes_and_the_notebook_view_loads_on_demand() -> None:
+    """``odam.nms`` works right after ``import odam`` (it imports that submodule alone), and an Explanation made
+    without the flat API still draws in a notebook: ``_repr_html_`` imports odam.viz, which installs the view."""
+    result = _fresh(
+        "import json, sys\n"
+        "import odam\n"
+        "name = odam.nms.Suppressed.__module__\n"
+        "api = 'odam.viz' in sys.modules\n"
+        "import torch\n"
+        "from odam.structures import Detections, Explanation\n"
+        "d = Detections(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([0.9]), torch.tensor([1]))\n"
+        "html = Explanation(d, ('score',), torch.rand(1, 1, 8, 8))._repr_html_()\n"
+        "print(json.dumps({'name': name, 'api': api, 'html': html.startswith('<iframe'),"
+        " 'viz': 'odam.viz' in sys.modules}))")
+    assert result == {"name": "odam.nms.suppressed", "api": False, "html": True, "viz": True}

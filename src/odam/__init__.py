@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, for type checkers; at run time they load on first use
@@ -63,6 +64,9 @@ _HOMES = {
 
 def __getattr__(name: str) -> Any:
     if name not in __all__:
+        # a submodule (odam.nms, odam.viz, ...): import it alone, as `import odam.nms` would
+        if not name.startswith("__") and importlib.util.find_spec(f"odam.{name}") is not None:
+            return importlib.import_module(f"odam.{name}")
         raise AttributeError(f"module 'odam' has no attribute {name!r}")
     for home, names in _HOMES.items():
         module = importlib.import_module(home)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -162,8 +163,11 @@ class Explanation:
     def _repr_html_(self) -> str | None:
         """The explorer page (docs/EXPLORER.md) for this one image, inline in a notebook: an ``<iframe>`` whose
         boxes, tables and maps can be clicked through, as ``odam explain`` writes them. Drawn by the view that
-        :func:`set_html_view` installed (:mod:`odam.viz.explorer` installs it; ``odam`` imports it when the first
-        name of its API is used)."""
+        :func:`set_html_view` installed: :mod:`odam.viz` installs it when imported, which the first use of
+        ``odam``'s API does; if nothing has imported it yet, it is imported here, by name, since this module may
+        not depend on what lies above it."""
+        if _html_view is None:
+            importlib.import_module("odam.viz")
         return None if _html_view is None else _html_view(self)
 
     def map(self, target: str) -> Tensor:

@@ -115,7 +115,8 @@ def run(config: CorrelationConfig, out: Path, *, device: torch.device | str = "c
             configure(detector.model, score_threshold=config.score_threshold, nms_threshold=1.0,
                       max_detections=config.max_predictions)
             detector.model.to(device)
-            if rank == 0:  # every setting, the data and the model are checked: only now is the folder claimed
+        with sync_point(world):  # every rank has checked the settings, the data and the model: now claim the folder
+            if rank == 0:
                 check_settings(out, asdict(config), asdict(CorrelationConfig(data="", model="")), [path])
         with sync_point(world):
             journal = Journal(path, image_key, rank)

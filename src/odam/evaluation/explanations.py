@@ -83,6 +83,7 @@ def run(config: EvaluationConfig, out: Path, *, device: str | torch.device = "cp
             detector = odam.load_detector(config.model)
             detector.model.to(device).eval()
             labels = _label_map(data, detector, config)
+        with sync_point(world):  # every rank has checked the data and the model: only now is the folder claimed
             if rank == 0:
                 claim(out, _identity(config), [out / "objects.jsonl", out / "sanity.jsonl"], paths=("data",))
                 for other in imports:

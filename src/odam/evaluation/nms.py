@@ -75,7 +75,8 @@ def run(config: NmsConfig, out: Path, *, device: torch.device | str = "cpu", pro
                                      f"{config.feature_model or config.model} has none (pass --feature-model, "
                                      "trained with 'odam train --feature-embedding')")
                 featurer.model.to(device)
-            if rank == 0:  # every setting, the data and the models are checked: only now is the folder claimed
+        with sync_point(world):  # every rank has checked the settings, the data and the models: now claim the folder
+            if rank == 0:
                 check_settings(out, asdict(config), asdict(NmsConfig(data="", model="")), [path])
         with sync_point(world):
             journal = Journal(path, image_key, rank)
