@@ -99,3 +99,84 @@ def test_pooling_matrix_is_the_block_average(height: int, width: int, short_edge
     a_x = pooling_matrix(width, cols).double()
     expected = F.adaptive_avg_pool2d(maps[:, None], (rows, cols))[:, 0]
     torch.testing.assert_close(a_y @ maps @ a_x.T, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_unit_vectors_rows_is_indexing_first() -> None:
+    x = torch.rand(40, 30)
+    x[3] = 2.0  # constant: zero
+    rows = torch.tensor([5, 3, 39, 0, 5])
+    for centred in (True, False):
+        assert torch.equal(unit_vectors(x, centred, rows=rows), unit_vectors(x[rows], centred))
+        assert torch.equal(unit_vectors(x.double(), centred, rows=rows), unit_vectors(x.double()[rows], centred))
+    before = x.clone()
+    unit_vectors(x, rows=rows)
+    unit_vectors(x)
+    assert torch.equal(x, before)  # the caller's vectors are never changed in place
+
+
+def _near_thresholds(seed: int, n: int = 600, dim: int = 2500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Groups of boxes, half overlapping a leader (IoU 2/3) and half apart, whose maps correlate with the
+    leader's within 0.01 of T^l = 0.2 or T^h = 0.8: where bfloat16 rounding alone would decide wrongly."""
+    g = torch.Generator().manual_seed(seed)
+    groups = n // 6
+    basis = torch.linalg.qr(torch.randn(dim, 2 * groups, generator=g, dtype=torch.float64))[0].T  # orthonormal
+    basis = basis - basis.mean(1, keepdim=True)  # centring keeps the correlations of these near what they were
+    vectors, boxes = [], []
+    for k in range(groups):
+        e1, e2 = basis[2 * k], basis[2 * k + 1]
+        x0 = 100.0 * k
+        for j in range(6):
+            target = (0.2 if j % 2 else 0.8) + (torch.rand(1, generator=g, dtype=torch.float64).item() - 0.5) * 0.02
+            if j == 0:
+                target = 1.0
+            vectors.append(target * e1 + (1 - target ** 2) ** 0.5 * e2)
+            dx = 0.0 if j == 0 else (2.0 if j < 3 else 50.0)  # IoU 2/3 with the leader, or apart
+            boxes.append([x0 + dx, 0.0, x0 + dx + 10, 10.0])
+    scores = torch.linspace(1, 0.01, len(boxes))
+    return torch.tensor(boxes), scores, (torch.stack(vectors) + 5).float()  # an offset that centring removes
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_bfloat16_prepass_keeps_the_float32_set(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = [_bench_like(seed, 1000, True), _bench_like(seed, 1000, False), _near_thresholds(seed)]
+    for boxes, scores, vectors in cases:
+        for t_iou, low, high in [(0.5, 0.2, 0.8), (0.3, 0.0, 0.5), (0.7, 0.5, 0.95)]:
+            exact = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=False)
+            coarse = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=True)
+            assert coarse.tolist() == exact.tolist() == ops.odam_nms_reference(
+                boxes, scores, vectors, None, t_iou, low, high).tolist(), (t_iou, low, high)
+    # the data needs the float32 second look: without its margin, bfloat16 alone decides some pairs wrongly
+    boxes, scores, vectors = _near_thresholds(seed)
+    exact = ops._odam(boxes, scores, vectors, None, 0.5, 0.2, 0.8, True, coarse=False)
+    monkeypatch.setattr(ops, "_coarse_margin", lambda dim: 0.0)
+    assert ops._odam(boxes, scores, vectors, None, 0.5, 0.2, 0.8, True, coarse=True).tolist() != exact.tolist()
+
+
+@pytest.mark.parametrize("dim", [16, 400, 2500, 10000])
+def test_coarse_margin_bounds_the_bfloat16_error(dim: int) -> None:
+    unit = unit_vectors(torch.rand(200, dim, generator=torch.Generator().manual_seed(dim)), centred=False)
+    error = ((unit.bfloat16() @ unit.bfloat16().T).double() - unit.double() @ unit.double().T).abs().max()
+    assert error <= ops._coarse_margin(dim)
+
+
+@pytest.mark.parametrize("dim", [16, 256, 4096])
+def test_coarse_margin_bounds_the_worst_rounding(dim: int) -> None:
+    # every element just under half a bfloat16 step above a power of two: all round down by almost 2**-8 of
+    # themselves, so the errors of a product's terms add up instead of cancelling (about 2 * 2**-8 in all)
+    element = dim ** -0.5 * (1 + 0.99 * 2.0 ** -8)
+    unit = torch.full((2, dim), element)
+    exact = (unit.double() @ unit.double().T)[0, 1] / (dim * element ** 2)  # as for vectors of unit length
+    rough = (unit.bfloat16() @ unit.bfloat16().T).double()[0, 1] / (dim * element ** 2)
+    assert 0.007 < abs(rough - exact) <= ops._coarse_margin(dim)
+
+
+def test_bfloat16_prepass_at_the_thresholds() -> None:
+    signs = ["1111111100000000", "1111110100000010", "1111000011110000", "1110111100010000"]
+    vectors = torch.tensor([[4.0 if c == "1" else 2.0 for c in s] for s in signs]).repeat(50, 1)
+    base = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1], [0, 0, 2, 2], [10, 10, 12, 12]])
+    boxes = torch.cat([base + 20 * k for k in range(50)])
+    scores = torch.linspace(1, 0, 200)
+    for low, high in [(0.75, 0.75), (0.74, 0.76), (0.0, 1.0), (-0.01, 0.75), (0.75, 1.0)]:
+        for t_iou in (0.5, 1.0):
+            coarse = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=True).tolist()
+            assert coarse == ops.odam_nms_reference(boxes, scores, vectors, None, t_iou, low, high).tolist()

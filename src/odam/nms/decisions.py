@@ -232,7 +232,7 @@ def _greedy(c: Detections, idx: Tensor, config: Suppression, vectors: Tensor | N
         evidence = torch.full_like(iou, float("nan"))
         fired = [iou > config.iou_threshold]
     elif config.method == "odam-nms":
-        unit = unit_vectors(vectors[idx].to(b.device), config.centred)
+        unit = unit_vectors(vectors.to(b.device), config.centred, rows=idx)
         evidence = unit[gone] @ unit[keep].T
         fired = [(iou >= config.iou_threshold) & (evidence > config.low),
                  (iou < config.iou_threshold) & (evidence > config.high)]

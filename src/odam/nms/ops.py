@@ -39,6 +39,7 @@ from torchvision.ops import nms as _torchvision_nms
 from odam.heatmaps import unit_vectors
 
 _BLOCK = 64
+_COARSE_FROM = 256  # candidates from which odam_nms tries the bfloat16 pre-pass (_coarse_pays)
 SOFT_METHODS = ("gaussian", "linear")
 
 
@@ -105,23 +106,61 @@ def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tenso
 
 
 def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, iou_threshold: float, low: float,
-          high: float, centred: bool) -> Tensor:
+          high: float, centred: bool, *, coarse: bool | None = None) -> Tensor:
+    """The pass of :func:`odam_nms`; ``coarse`` forces the bfloat16 pre-pass on or off (``None``: where it pays,
+    see :func:`_coarse_pays`)."""
     _check(boxes, scores)
     if vectors.ndim != 2 or len(vectors) != len(boxes):
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
     order = visit_order(scores)
     # Everything in visit order once, so that a run of later candidates is a view, not a copy.
-    unit = unit_vectors(vectors.to(boxes.device)[order], centred)
+    unit = unit_vectors(vectors.to(boxes.device), centred, rows=order)
     b = boxes.float()[order]
     labels = None if idxs is None else idxs[order]
+    if coarse is None:
+        coarse = _coarse_pays(unit)
+    rough = unit.bfloat16() if coarse else None
+    margin = _coarse_margin(unit.shape[1])
 
     def duplicate(rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
         iou = box_iou(b[rows], b[cols])
-        corr = unit[rows] @ unit[cols].T
-        dup = torch.where(iou >= iou_threshold, corr > low, corr > high)
+        threshold = torch.where(iou >= iou_threshold, low, high)  # corr must exceed it
+        if rough is None:
+            corr = unit[rows] @ unit[cols].T
+        else:  # bfloat16 products, then float32 for the pairs the rounding could have put on the wrong side
+            corr = (rough[rows] @ rough[cols].T).float()
+            r, c = torch.nonzero((corr - threshold).abs() <= margin, as_tuple=True)
+            if len(r):
+                corr[r, c] = (unit[rows][r] * unit[cols][c]).sum(1)
+        dup = corr > threshold
         return dup if labels is None else dup & (labels[rows][:, None] == labels[cols][None])
 
     return order[_greedy_sorted(len(order), duplicate, order.device)]
+
+
+def _coarse_margin(dim: int) -> float:
+    """How far a correlation of unit vectors computed from their bfloat16 roundings (products summed in float32,
+    the result rounded to bfloat16) can be from the float32 one, bounded from above.
+
+    bfloat16 keeps 8 significant bits: each element is off by a relative ``u = 2**-8`` at most, so each product by
+    ``2u + u**2``, and their sum by that times ``sum |a_i b_i| <= |a| |b| = 1`` (Cauchy-Schwarz); summing ``dim``
+    products in float32 adds at most ``dim * 2**-24`` relative to the same sum; rounding the result (at most about
+    1) to bfloat16 adds ``u`` more. Together below ``2**-6 + dim * 2**-23`` (0.016 for 2500 cells).
+    """
+    return 2.0 ** -6 + dim * 2.0 ** -23
+
+
+def _coarse_pays(unit: Tensor) -> bool:
+    """Whether the bfloat16 pre-pass is faster than float32 products here: on a CPU whose oneDNN has bfloat16
+    (AVX-512 or AMX: half the time of float32 for 1000 x 2500 vectors, one thread) and for enough candidates to
+    repay rounding them. Elsewhere bfloat16 products can be far slower than float32 ones, and a GPU's float32
+    products are not what bounds it."""
+    if unit.device.type != "cpu" or len(unit) < _COARSE_FROM:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def odam_nms_reference(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None = None,
@@ -271,7 +310,7 @@ def _greedy_sorted(n: int, duplicate: Callable[[Tensor | slice, Tensor | slice],
         if len(ahead) == 0:
             break
         rows = ahead[:block]
-        inner = duplicate(*(torch.as_tensor(rows, device=device),) * 2).cpu().numpy()  # [R, R]
+        inner = duplicate(*(_positions(rows, device),) * 2).cpu().numpy()  # [R, R]
         mine = np.zeros(len(rows), dtype=bool)
         for r in range(len(rows)):
             mine[r] = not inner[:r, r][mine[:r]].any()
@@ -281,7 +320,7 @@ def _greedy_sorted(n: int, duplicate: Callable[[Tensor | slice, Tensor | slice],
         later = ahead[len(rows):]
         if len(later) == 0 or len(survivors) == 0:
             continue
-        r_t = torch.as_tensor(survivors, device=device)
+        r_t = _positions(survivors, device)
         if 2 * len(later) >= n - start:  # mostly alive: the run from ``start`` on, as a view
             hit = duplicate(r_t, slice(start, n)).any(0).cpu().numpy()
             alive[start:] &= ~hit
@@ -290,6 +329,13 @@ def _greedy_sorted(n: int, duplicate: Callable[[Tensor | slice, Tensor | slice],
             alive[later[hit]] = False
     return torch.as_tensor(np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64), dtype=torch.int64,
                            device=device)
+
+
+def _positions(positions: np.ndarray, device: torch.device) -> Tensor | slice:
+    """Sorted ``positions`` as a slice where they are a run (rows taken as a view, not gathered), else a tensor."""
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+        return slice(int(positions[0]), int(positions[-1]) + 1)
+    return torch.as_tensor(positions, device=device)
 
 
 def _greedy(order: Tensor, duplicate: Callable[[Tensor, Tensor], Tensor], block: int | None = None) -> Tensor:
