@@ -2,7 +2,9 @@
 and at the paper's (ResNet-50-FPN, 800 px, about 1000 candidates per image).
 
 1. **The suppression** (``odam.nms``) on N = 1000 candidates with 50x50 heat-map vectors, against
-   ``torchvision.ops.nms`` on the same boxes and against the previous block pass (``ops.odam_nms_reference``):
+   ``torchvision.ops.nms`` on the same boxes, against the same pass without its bfloat16 pre-pass (float32 products
+   only, what a CPU without bfloat16 in oneDNN or a GPU runs) and against the previous block pass
+   (``ops.odam_nms_reference``):
    realistic candidates (clusters of overlapping boxes around 60 objects, maps resembling their object's: most
    are suppressed) and the worst case (random boxes with unrelated maps: nothing is suppressed, every IoU and
    correlation row is needed). Median of ``--repeats``, interleaved.
@@ -74,6 +76,7 @@ def suppression_times(n: int, repeats: int, device: torch.device) -> list[dict]:
         boxes, scores, vectors = (t.to(device) for t in data)
         fns: dict[str, Callable] = {
             "odam_nms": lambda b=boxes, s=scores, v=vectors: odam_nms(b, s, v),
+            "float32": lambda b=boxes, s=scores, v=vectors: ops._odam(b, s, v, None, 0.5, 0.2, 0.8, True, coarse=False),
             "previous": lambda b=boxes, s=scores, v=vectors: ops.odam_nms_reference(b, s, v),
             "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
         }
@@ -87,9 +90,10 @@ def suppression_times(n: int, repeats: int, device: torch.device) -> list[dict]:
                 times[k].append(time.perf_counter() - start)
                 if k == "odam_nms":
                     keep = out
-                elif k == "previous" and out.tolist() != keep.tolist():
-                    raise AssertionError(f"{name}: odam_nms and the previous pass keep different sets")
-        rows.append({"case": name, "n": n, "kept": len(keep),
+                elif k in ("previous", "float32") and out.tolist() != keep.tolist():
+                    raise AssertionError(f"{name}: odam_nms and {k} keep different sets")
+        coarse = ops._coarse_pays(vectors)
+        rows.append({"case": name, "n": n, "kept": len(keep), "coarse": coarse,
                      **{k: 1000 * statistics.median(v[1:]) for k, v in times.items()}})
     return rows
 
@@ -232,11 +236,12 @@ def _s(x: float | None) -> str:
 def markdown(supp: list[dict], pipes: list[dict], checks: list[dict], threads: int, device: torch.device) -> str:
     where = f"{platform.machine()} CPU with {threads} threads" if device.type == "cpu" else str(device)
     lines = [f"`OMP_NUM_THREADS={threads} python benchmarks/bench_nms.py` on {where}, torch {torch.__version__}.", "",
-             "| candidates | N | kept | `odam_nms` (ms) | previous block pass (ms) | `torchvision.ops.nms` (ms) "
-             "| goal |", "|---|---|---|---|---|---|---|"]
+             "| candidates | N | kept | `odam_nms` (ms) | bfloat16 pre-pass | float32 only (ms) "
+             "| previous block pass (ms) | `torchvision.ops.nms` (ms) | goal |", "|" + "---|" * 9]
     for r in supp:
         goal = "≤ 10 ms" if r["case"] == "clustered" else "≤ 30 ms"
-        lines.append(f"| {r['case']} | {r['n']} | {r['kept']} | **{r['odam_nms']:.1f}** | {r['previous']:.1f} | "
+        lines.append(f"| {r['case']} | {r['n']} | {r['kept']} | **{r['odam_nms']:.1f}** | "
+                     f"{'used' if r['coarse'] else 'not here'} | {r['float32']:.1f} | {r['previous']:.1f} | "
                      f"{r['torchvision']:.1f} | {goal} |")
     lines += ["", "| model | images | candidates / image | detector + NMS (s) | + maps + Odam-NMS, frozen GN (s) | "
               "ratio | goal | previous pipeline (s) | ratio | exact GN (s) | ratio | Odam-NMS: forward (s) | maps (s) "
