@@ -88,7 +88,8 @@ class CropGroup(MapGroup):
         self.windows = windows
 
     def pullback(self, grads: Tensor, rows: Tensor) -> Tensor:
-        return self.windows[rows].scatter(grads)
+        crops = self.windows[rows]
+        return _scatter(grads, crops.origin, crops.size, crops.grid)
 
     def item_numel(self) -> int:
         return self.input[0].numel() * 9
@@ -99,11 +100,69 @@ class CropGroup(MapGroup):
         crops = self.windows[rows]
         size = torch.tensor(crops.size, device=crops.origin.device)
         win = Windows.covering(crops.origin - radius, crops.origin + size + radius, crops.grid)
-        g = Windows(crops.origin - win.origin, crops.size, win.size).scatter(grads)
+        kernels = getattr(smooth, "kernels", None) if smooth is not None else (lambda h, w, dtype: None)
+        if kernels is not None:  # separable smoothing: two band matrices per item, on the crop itself
+            maps = _banded_weighted(grads, crops.origin - win.origin, win, self.explained.detach(),
+                                    kernels(*win.size, grads.dtype))
+            return maps, lambda m: self.to_image(win.scatter(m), rows)
+        g = _scatter(grads, crops.origin - win.origin, crops.size, win.size)
         if smooth is not None:
             g = smooth(g)
         maps = (g * win.gather(self.explained.detach())).sum(1)
         return maps, lambda m: self.to_image(win.scatter(m), rows)
+
+
+def _scatter(values: Tensor, origin: Tensor, size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """:meth:`Windows.scatter` for windows that may reach past the grid (crops of a map's border cells, whose
+    values there are zero): the parts outside are dropped."""
+    lo, hi = (origin.amin(0).tolist(), origin.amax(0).tolist()) if len(origin) else ([0, 0], [0, 0])
+    top, left = max(0, -lo[0]), max(0, -lo[1])
+    if not (top or left or hi[0] + size[0] > grid[0] or hi[1] + size[1] > grid[1]):
+        return Windows(origin, size, grid).scatter(values)
+    wide = (top + max(grid[0], hi[0] + size[0]), left + max(grid[1], hi[1] + size[1]))
+    out = Windows(origin + origin.new_tensor([top, left]), size, wide).scatter(values)
+    return out[..., top:top + grid[0], left:left + grid[1]]
+
+
+def _band(kernel: Tensor | None, cells: int, size: int, offset: Tensor) -> Tensor:
+    """``Tensor[B, cells, size]``: ``M[b, i, p] = kernel[b, i - p - offset[b] + r]`` (0 past the kernel's ends),
+    the smoothing of one axis as a matrix from ``size`` crop cells starting at ``offset`` (``Tensor[B]``) to the
+    window's ``cells``, zero padding at the window's ends. ``kernel`` is ``Tensor[B, 2r+1]``, or ``None`` for
+    placement alone (``[[1]]``)."""
+    if kernel is None:
+        kernel = torch.ones(len(offset), 1, device=offset.device)
+    r = kernel.shape[1] // 2
+    i = torch.arange(cells, device=offset.device)
+    p = torch.arange(size, device=offset.device)
+    d = i[None, :, None] - p[None, None, :] - offset[:, None, None] + r  # [B, cells, size]
+    inside = (d >= 0) & (d <= 2 * r)
+    taps = kernel.gather(1, d.clamp(0, 2 * r).flatten(1)).view(d.shape)
+    return torch.where(inside, taps, torch.zeros((), device=taps.device, dtype=taps.dtype))
+
+
+def _banded_weighted(grads: Tensor, offset: Tensor, win: Windows, level: Tensor, kernel: Tensor | None) -> Tensor:
+    """``sum_c Phi(g_c) * A_c`` on each window (``Tensor[B, *win.size]``) for crop gradients ``grads``
+    (``Tensor[B, C, sy, sx]``, their top-left cell at ``offset`` (``[B, 2]``) in the window, zero where they
+    lie outside it), with ``Phi`` the separable smoothing ``M_y g M_x^T`` (:func:`_band`)."""
+    _, _, sy, sx = grads.shape
+    my = _band(kernel, win.size[0], sy, offset[:, 0]).to(grads.dtype)
+    mx = _band(kernel, win.size[1], sx, offset[:, 1]).to(grads.dtype)
+    return _separable_weighted(grads, my, mx, win, level)
+
+
+def _separable_weighted(grads: Tensor, my: Tensor, mx: Tensor, win: Windows, level: Tensor) -> Tensor:
+    """``sum_c (M_y g_c M_x^T) * A_c`` on each window (``Tensor[B, *win.size]``): ``grads`` is ``Tensor[B, C, sy,
+    sx]``, ``my`` ``Tensor[B, wy, sy]``, ``mx`` ``Tensor[B, wx, sx]`` and ``A`` the windows of ``level``
+    (``Tensor[1, C, h, w]``).
+
+    Written as ``sum_q M_x[j, q] sum_c A_c[i, j] (M_y g_c)[i, q]``: two batched products, the channels last."""
+    b, c, sy, sx = grads.shape
+    wy, wx = win.size
+    t = torch.bmm(my, grads.permute(0, 2, 3, 1).reshape(b, sy, sx * c)).view(b * wy, sx, c)  # (M_y g)[i, q, c]
+    _, ys, xs = win._index()
+    a = level[0].permute(1, 2, 0)[ys.expand(-1, -1, wx), xs.expand(-1, wy, -1)]  # [B, wy, wx, C]
+    w = torch.bmm(a.reshape(b * wy, wx, c), t.transpose(1, 2)).view(b, wy, wx, sx)
+    return (w * mx[:, None]).sum(-1)
 
 
 class RoIGroup(FeatureGroup):

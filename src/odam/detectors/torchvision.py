@@ -326,6 +326,21 @@ class OneStageAdapter(DetectorAdapter):
         n_anchors = self.model.head.classification_head.num_anchors
         pos, anchor = indices[sel] // n_anchors, indices[sel] % n_anchors
         centre = torch.stack([pos // w, pos % w], 1)
+        if norm_stats is not None and self._even_reach(radius):
+            # One batch for the whole level: unclipped crops, zero outside the map, through "valid" convolutions
+            # that mask what lies outside the map before each one (the zero padding the whole map would have
+            # there). Each layer computes only the cells the next needs; the head's output is the centre cell.
+            size = 2 * radius + 1
+            windows = Windows(centre - radius, (size, size), (h, w))
+            padded = F.pad(feature.detach(), (radius, radius, radius, radius))
+            crops = Windows(centre, (size, size), tuple(padded.shape[-2:])).gather(padded).requires_grad_(True)
+            with _frozen_groupnorm(self.model.head, norm_stats), _valid_convs(self.model.head, windows):
+                out = self.model.head([crops])
+            picked = {k: v[torch.arange(len(sel)), anchor] for k, v in out.items()}
+            y = self._attributes(picked, labels[sel], anchors[indices[sel]], trace.geometry)
+            rows = torch.arange(len(sel), device=sel.device)
+            yield sel, CropGroup(crops, rows, trace.geometry, feature, windows, cell_centre), y
+            return
         lo = (centre - radius).clamp_min(0)
         hi = torch.minimum(centre + radius + 1, torch.tensor([h, w], device=centre.device))
         keys = torch.cat([hi - lo, centre - lo], 1)
@@ -341,6 +356,18 @@ class OneStageAdapter(DetectorAdapter):
             y = self._attributes(picked, labels[part], anchors[indices[part]], trace.geometry)
             rows = torch.arange(len(part), device=part.device)
             yield part, CropGroup(crops, rows, trace.geometry, feature, windows, cell_centre), y
+
+    def _even_reach(self, radius: int) -> bool:
+        """Whether every output convolution of the head sees exactly ``radius`` cells through its tower, so that
+        "valid" convolutions take a ``2 * radius + 1`` crop to one cell on every output (see :func:`_valid_convs`)."""
+        for branch in (self.model.head.classification_head, self.model.head.regression_head):
+            convs = [m for m in branch.conv.modules() if isinstance(m, nn.Conv2d)]
+            tower = receptive_radius(convs, ())
+            outputs = [m for m in branch.children() if m is not branch.conv]
+            if tower is None or any(not isinstance(m, nn.Conv2d) or tower + (receptive_radius([m], ()) or 0) != radius
+                                    for m in outputs):
+                return False
+        return True
 
     def _receptive_radius(self, frozen_norm: bool = False) -> int | None:
         """How many cells an output of the head can see in each direction, or ``None`` when it sees further.
@@ -410,6 +437,35 @@ def _frozen_groupnorm(head: nn.Module, stats: dict[int, tuple[Tensor, Tensor]] |
                         shape = (1, c) + (1,) * (x.ndim - 2)
                         y = y * m.weight.reshape(shape) + m.bias.reshape(shape)
                     return y
+
+                undo.callback(_patch(m, "forward", forward))
+        yield
+
+
+@contextmanager
+def _valid_convs(head: nn.Module, windows: Windows) -> Iterator[None]:
+    """Inside the block, each Conv2d of ``head`` (stride-1 "same" convolutions) runs without padding on crops
+    placed by ``windows`` (which may reach past the map), after zeroing the cells of its input outside the map.
+
+    A crop of ``s`` cells whose layers each shrink it by their reach then yields, at every cell it keeps, what
+    the whole map's "same" convolutions (zero padding at the map's border) yield there. The mask also zeroes
+    the gradient of the cells outside the map.
+    """
+    size = windows.size[0]
+    masks: dict[int, Tensor] = {}
+    for s in range(size, 0, -2):  # the centred s x s part of each crop
+        k = (size - s) // 2
+        ys = windows.origin[:, :1] + k + torch.arange(s, device=windows.origin.device)
+        xs = windows.origin[:, 1:] + k + torch.arange(s, device=windows.origin.device)
+        inside = ((ys >= 0) & (ys < windows.grid[0]))[:, :, None] & ((xs >= 0) & (xs < windows.grid[1]))[:, None, :]
+        masks[s] = inside[:, None]
+    with ExitStack() as undo:
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d):
+
+                def forward(x: Tensor, m: nn.Conv2d = m) -> Tensor:
+                    x = x * masks[x.shape[-1]].to(x.dtype)
+                    return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
 
                 undo.callback(_patch(m, "forward", forward))
         yield

@@ -260,7 +260,7 @@ class ODAM(GradientExplainer):
             grads = self.gradients(y, group, members, i, j, rowgrads)
             sigma = self._sigma(group.cells(boxes[members[i]], rows))
             radius = 0 if sigma is None else int(torch.ceil(3 * sigma).max())
-            smooth = None if sigma is None else (lambda x, s=sigma: gaussian_smooth(x, s))
+            smooth = None if sigma is None else GaussianSmoothing(sigma)
             if self.gradient == "negative":
                 grads = -grads
             maps, place = group.weighted(grads, rows, smooth, radius)
@@ -383,18 +383,50 @@ def gaussian_smooth(x: Tensor, sigma: Tensor) -> Tensor:
         (1.0, 0.1592)
     """
     b, c, h, w = x.shape
-    sigma = sigma.to(x.dtype).clamp_min(1e-6)
-    radii = torch.ceil(3 * sigma)
-    r = int(min(radii.max().item(), max(h, w) - 1))
+    kernel = gaussian_kernels(sigma, h, w, x.dtype)
+    r = kernel.shape[1] // 2
     if r < 1:
         return x
-    offsets = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2) * (offsets[None].abs() <= radii[:, None])
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, 2r+1]
+    kernel = kernel.repeat_interleave(c, 0)  # [B*C, 2r+1]
     y = x.reshape(1, b * c, h, w)
     y = F.conv2d(y, kernel[:, None, :, None], padding=(r, 0), groups=b * c)
     y = F.conv2d(y, kernel[:, None, None, :], padding=(0, r), groups=b * c)
     return y.reshape(b, c, h, w)
+
+
+def gaussian_kernels(sigma: Tensor, h: int, w: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``Tensor[B, 2r+1]``: the 1-D kernel :func:`gaussian_smooth` applies along each axis of an ``h x w`` map for
+    each std ``sigma[b]`` (``Tensor[B]``): truncated at ``ceil(3 * sigma[b])`` cells, normalised to sum 1; ``r`` is
+    the largest such radius, at most ``max(h, w) - 1``. With ``r = 0`` (no smoothing) the kernels are ``[[1]]``.
+
+    Example:
+        >>> gaussian_kernels(torch.tensor([0.2, 1.0]), 9, 9).shape
+        torch.Size([2, 7])
+    """
+    sigma = sigma.to(dtype).clamp_min(1e-6)
+    radii = torch.ceil(3 * sigma)
+    r = int(min(radii.max().item(), max(h, w) - 1)) if len(sigma) else 0
+    if r < 1:
+        return torch.ones(len(sigma), 1, device=sigma.device, dtype=dtype)
+    offsets = torch.arange(-r, r + 1, device=sigma.device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2) * (offsets[None].abs() <= radii[:, None])
+    return kernel / kernel.sum(1, keepdim=True)
+
+
+class GaussianSmoothing:
+    """:func:`gaussian_smooth` with fixed ``sigma`` (``Tensor[B]``), as ``FeatureGroup.weighted`` takes it: a
+    callable on ``Tensor[B, C, h, w]`` whose :meth:`kernels` also lets a group apply the same separable kernels as
+    matrices (:class:`~odam.detectors.groups.CropGroup`)."""
+
+    def __init__(self, sigma: Tensor) -> None:
+        self.sigma = sigma
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return gaussian_smooth(x, self.sigma)
+
+    def kernels(self, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """:func:`gaussian_kernels` for maps of ``h x w`` cells."""
+        return gaussian_kernels(self.sigma, h, w, dtype)
 
 
 def check_detections(detections: object, source: tuple[int, int, float] | None = None) -> Detections:

@@ -1,0 +1,96 @@
+"""The cheaper FCOS maps of Odam-NMS (frozen GroupNorm) against the paths they replace: one batch of unclipped
+crops through "valid" convolutions against crops clipped at the border and batched by shape, and the smoothing
+as band matrices on the crop against ``gaussian_smooth`` on the scattered window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from tests.conftest import build
+
+import odam
+from odam.detectors.base import Geometry, Windows
+from odam.detectors.groups import CropGroup
+from odam.detectors.torchvision import OneStageAdapter
+from odam.explainers.odam import ODAM, GaussianSmoothing, gaussian_kernels, gaussian_smooth
+
+
+def _vectors(detector: odam.DetectorAdapter, image: torch.Tensor) -> tuple[torch.Tensor, list]:
+    trace = detector.trace(image, candidates=True, max_candidates=40)
+    _, groups, _ = trace.graph(trace.detections, frozen_norm=True)
+    return ODAM(detector, frozen_norm=True).vectors(trace, trace.detections), groups
+
+
+@pytest.mark.parametrize("model", ["fcos_resnet50_fpn", "synthcrowd-fcos-odamtrain"])
+def test_one_batch_of_unclipped_crops_equals_crops_batched_by_shape(model: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    if model.startswith("synthcrowd"):
+        detector = odam.load_detector(model)
+    else:
+        detector = odam.wrap_detector(build(model, min_size=96, max_size=128))
+    image = torch.rand(3, 90, 130, generator=torch.Generator().manual_seed(4))
+    fast, groups = _vectors(detector, image)
+    # one group per level, and some crops reach past their level (candidates at the border)
+    levels = {id(g.explained) for g in groups}
+    assert len(groups) == len(levels) and all(isinstance(g, CropGroup) for g in groups)
+    assert any(bool(((g.windows.origin < 0) | (g.windows.origin + torch.tensor(g.windows.size)
+                                               > torch.tensor(g.windows.grid))).any()) for g in groups)
+    monkeypatch.setattr(OneStageAdapter, "_even_reach", lambda self, radius: False)
+    slow, groups = _vectors(detector, image)
+    assert len(groups) > len(levels)  # the previous path: crops clipped at the border, one batch per shape
+    peak = slow.abs().amax(1, keepdim=True)
+    assert bool((peak > 0).all())
+    assert float(((fast - slow).abs() / peak).max()) < 1e-5
+    assert not any("forward" in vars(m) for m in detector.model.modules())  # no patch left on the head
+
+
+def _plain(sigma: list[float] | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The smoothing as a bare callable (no ``kernels``): the groups' map-by-map path."""
+    if sigma is None:
+        return lambda x: x
+    return lambda x: gaussian_smooth(x, torch.tensor(sigma, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("sigma", [None, [0.5, 1.3, 2.0, 4.0]])
+def test_banded_smoothing_equals_gaussian_smooth_on_the_window(sigma: list[float] | None) -> None:
+    g = torch.Generator().manual_seed(5)
+    h, w, c = 9, 12, 3
+    level = torch.rand(1, c, h, w, generator=g, dtype=torch.float64)
+    # 5x5 crops, some reaching past the map (their gradients are zero there, as the masked head makes them)
+    origin = torch.tensor([[-2, -1], [0, 4], [5, 9], [3, -3]])
+    crops = Windows(origin, (5, 5), (h, w))
+    grads = torch.rand(4, c, 5, 5, generator=g, dtype=torch.float64)
+    ys = origin[:, :1] + torch.arange(5)
+    xs = origin[:, 1:] + torch.arange(5)
+    inside = ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    grads = grads * inside[:, None]
+    size = (8 * h, 8 * w)  # stride 8
+    group = CropGroup(torch.zeros(4, c, 5, 5), torch.arange(4), Geometry(size, size, size), level, crops)
+    rows = torch.arange(4)
+    smooth = None if sigma is None else GaussianSmoothing(torch.tensor(sigma, dtype=torch.float64))
+    radius = 0 if sigma is None else int(torch.ceil(3 * torch.tensor(sigma)).max())
+    fast, _ = group.weighted(grads, rows, smooth, radius)
+    plain = _plain(sigma)
+    slow, _ = group.weighted(grads, rows, plain, radius)  # no kernels: scatter to the window, then smooth
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    # and against the whole map: pullback, smooth, weight, then cut the window out
+    whole = plain(group.pullback(grads, rows))
+    whole = (whole * level).sum(1)
+    win = Windows.covering(origin - radius, origin + torch.tensor(crops.size) + radius, (h, w))
+    torch.testing.assert_close(fast, win.gather(whole[:, None])[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_kernels_are_gaussian_smooths() -> None:
+    sigma = torch.tensor([0.3, 1.0, 2.5])
+    kernel = gaussian_kernels(sigma, 21, 21)
+    x = torch.zeros(3, 1, 21, 21)
+    x[:, 0, 10, 10] = 1
+    r = kernel.shape[1] // 2
+    assert r == 8  # ceil(3 * 2.5)
+    expected = torch.zeros(3, 21, 21)
+    expected[:, 10 - r:11 + r, 10 - r:11 + r] = kernel[:, :, None] * kernel[:, None, :]
+    torch.testing.assert_close(gaussian_smooth(x, sigma)[:, 0], expected)
+    assert gaussian_kernels(torch.tensor([2.0]), 1, 1).tolist() == [[1.0]]  # a one-cell map: no smoothing
+
