@@ -12,7 +12,7 @@ from tests.conftest import build
 
 import odam
 from odam.detectors.base import Geometry, Windows
-from odam.detectors.groups import CropGroup
+from odam.detectors.groups import CropGroup, RoILevelGroup
 from odam.detectors.torchvision import OneStageAdapter
 from odam.explainers.odam import ODAM, GaussianSmoothing, gaussian_kernels, gaussian_smooth
 
@@ -94,3 +94,32 @@ def test_gaussian_kernels_are_gaussian_smooths() -> None:
     torch.testing.assert_close(gaussian_smooth(x, sigma)[:, 0], expected)
     assert gaussian_kernels(torch.tensor([2.0]), 1, 1).tolist() == [[1.0]]  # a one-cell map: no smoothing
 
+
+@pytest.mark.parametrize("size", [96, 320])
+@pytest.mark.parametrize("smoothing", ["adaptive", None, 6.0])
+def test_roi_bin_maps_smoothed_as_band_matrices_equal_gaussian_smooth(size: int, smoothing: str | float | None
+                                                                       ) -> None:
+    # Faster R-CNN on its FPN levels: the 49 bin maps smoothed by two band matrices per RoI (and, where every
+    # window is its whole level, the channels mixed without gathering them) against gaussian_smooth map by map.
+    # A wide fixed sigma at 96 px makes windows cover their levels; at 320 px some are smaller. In float64.
+    model = build("fasterrcnn_resnet50_fpn", detections=30, min_size=size, max_size=size * 4 // 3).double()
+    detector = odam.wrap_detector(model)
+    image = torch.rand(3, 90, 120, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    trace = detector.trace(image, candidates=True, max_candidates=30)
+    _, groups, group_of = trace.graph(trace.detections)
+    explainer = ODAM(detector, smoothing=smoothing)
+    checked, whole = 0, []
+    for g, group in enumerate(groups):
+        assert isinstance(group, RoILevelGroup)
+        members = torch.where(group_of == g)[0]
+        grads = torch.randn(len(group.rows), *group.input.shape[1:], generator=torch.Generator().manual_seed(g),
+                            dtype=torch.float64)
+        sigma = explainer._sigma(group.cells(trace.detections.boxes[members], group.rows))
+        radius = 0 if sigma is None else int(torch.ceil(3 * sigma).max())
+        fast, _ = group.weighted(grads, group.rows, None if sigma is None else GaussianSmoothing(sigma), radius)
+        slow, _ = group.weighted(grads, group.rows, _plain(None if sigma is None else sigma.tolist()), radius)
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10 * float(slow.abs().max()))
+        checked += len(group.rows)
+        whole.append(tuple(fast.shape[-2:]) == tuple(group.explained.shape[-2:]))
+    assert checked == 30
+    assert all(whole) == (size == 96 and smoothing == 6.0), whole  # both branches of the channel mixing
