@@ -23,7 +23,7 @@ def _vectors(detector: odam.DetectorAdapter, image: torch.Tensor) -> tuple[torch
     return ODAM(detector, frozen_norm=True).vectors(trace, trace.detections), groups
 
 
-@pytest.mark.parametrize("model", ["fcos_resnet50_fpn", "synthcrowd-fcos-odamtrain"])
+@pytest.mark.parametrize("model", ["fcos_resnet50_fpn", "retinanet_resnet50_fpn_v2", "synthcrowd-fcos-odamtrain"])
 def test_one_batch_of_unclipped_crops_equals_crops_batched_by_shape(model: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     if model.startswith("synthcrowd"):
@@ -123,3 +123,12 @@ def test_roi_bin_maps_smoothed_as_band_matrices_equal_gaussian_smooth(size: int,
         whole.append(tuple(fast.shape[-2:]) == tuple(group.explained.shape[-2:]))
     assert checked == 30
     assert all(whole) == (size == 96 and smoothing == 6.0), whole  # both branches of the channel mixing
+
+
+def test_uneven_or_oblong_heads_keep_the_clipped_crops() -> None:
+    detector = odam.wrap_detector(build("fcos_resnet50_fpn"))
+    radius = detector._receptive_radius(frozen_norm=True)
+    assert radius == 5 and detector._even_reach(radius)
+    assert not detector._even_reach(radius + 1)
+    detector.model.head.regression_head.bbox_ctrness.kernel_size = (3, 1)  # only read, never run
+    assert not detector._even_reach(radius)

@@ -362,6 +362,10 @@ class OneStageAdapter(DetectorAdapter):
         "valid" convolutions take a ``2 * radius + 1`` crop to one cell on every output (see :func:`_valid_convs`)."""
         for branch in (self.model.head.classification_head, self.model.head.regression_head):
             convs = [m for m in branch.conv.modules() if isinstance(m, nn.Conv2d)]
+            square = all(m.kernel_size[0] == m.kernel_size[1] and m.dilation[0] == m.dilation[1]
+                         for m in branch.modules() if isinstance(m, nn.Conv2d))
+            if not square:  # crops must shrink alike on both axes
+                return False
             tower = receptive_radius(convs, ())
             outputs = [m for m in branch.children() if m is not branch.conv]
             if tower is None or any(not isinstance(m, nn.Conv2d) or tower + (receptive_radius([m], ()) or 0) != radius
