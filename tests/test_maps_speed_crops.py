@@ -132,3 +132,30 @@ def test_uneven_or_oblong_heads_keep_the_clipped_crops() -> None:
     assert not detector._even_reach(radius + 1)
     detector.model.head.regression_head.bbox_ctrness.kernel_size = (3, 1)  # only read, never run
     assert not detector._even_reach(radius)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0, 1])
+@pytest.mark.parametrize("scale", [0.25, 0.125])
+def test_roi_axis_weights_are_roi_aligns(sampling_ratio: int, scale: float) -> None:
+    # The outer product of the two axes' weights is RoIAlign's own weight of each cell in each bin, read off
+    # torchvision's roi_align by differentiating it (it is linear in the map): inside the map, across its
+    # borders, past them, and for RoIs smaller than a cell.
+    from torchvision.ops import roi_align
+
+    from odam.detectors.groups import _roi_axis
+
+    h, w = 13, 17
+    g = torch.Generator().manual_seed(sampling_ratio + int(1 / scale))
+    xy = torch.rand(40, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h]) / scale * 1.2 - 8
+    wh = torch.rand(40, 2, generator=g, dtype=torch.float64) * torch.tensor([w, h]) / scale * 0.6
+    wh[:5] *= 0.02  # under a cell
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[5] = torch.tensor([0.0, 0.0, w / scale, h / scale])  # the whole map
+    rois = torch.cat([torch.zeros(len(boxes), 1, dtype=torch.float64), boxes], 1)
+    level = torch.zeros(1, 1, h, w, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(
+        lambda x: roi_align(x, rois, (7, 7), scale, sampling_ratio, aligned=False), level)[:, 0, :, :, 0, 0]
+    wy = _roi_axis(boxes[:, 1], boxes[:, 3], scale, 7, h, sampling_ratio, torch.float64)
+    wx = _roi_axis(boxes[:, 0], boxes[:, 2], scale, 7, w, sampling_ratio, torch.float64)
+    torch.testing.assert_close(wy[:, :, None, :, None] * wx[:, None, :, None, :], jac, rtol=1e-12, atol=1e-12)
+    assert jac.abs().sum() > 0

@@ -309,18 +309,18 @@ def test_combined_is_max_of_normalised_maps() -> None:
 
 def test_roi_windows_smaller_than_the_map_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     # A larger image, so RoIs cover a small part of their level and the windows are strictly smaller.
-    from odam.detectors.groups import RoILevelGroup
+    import odam.detectors.groups as groups
 
     model = build("fasterrcnn_resnet50_fpn", detections=6, min_size=320, max_size=400)
     image = torch.rand(3, 240, 300, generator=torch.Generator().manual_seed(5))
     sizes: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    adjoint = RoILevelGroup._adjoint
+    weighted = groups._separable_weighted  # RoILevelGroup's maps on each RoI's window of its level
 
-    def spy(self, grads, rows, origin, size):  # noqa: ANN001, ANN202
-        sizes.append((size, tuple(self.explained.shape[-2:])))
-        return adjoint(self, grads, rows, origin, size)
+    def spy(grads, my, mx, win, level):  # noqa: ANN001, ANN202
+        sizes.append((win.size, tuple(level.shape[-2:])))
+        return weighted(grads, my, mx, win, level)
 
-    monkeypatch.setattr(RoILevelGroup, "_adjoint", spy)
+    monkeypatch.setattr(groups, "_separable_weighted", spy)
     explainer = odam.ODAM(model, batch_size=5)
     fast = explainer.explain(image, targets=odam.TARGETS)
     windowed = [s for s in sizes if s[0][0] < s[1][0] or s[0][1] < s[1][1]]

@@ -216,6 +216,37 @@ class RoIGroup(FeatureGroup):
                                                align_corners=False)[:, 0]
 
 
+def _roi_axis(start: Tensor, end: Tensor, scale: float, bins: int, cells: int, sampling_ratio: int,
+              dtype: torch.dtype) -> Tensor:
+    """``Tensor[B, bins, cells]``: the weights with which torchvision's RoIAlign (``aligned=False``) averages
+    ``cells`` cells of one axis into each of ``bins`` bins, for RoIs from ``start`` to ``end`` (``Tensor[B]``,
+    model-input pixels; cell ``u`` at ``u / scale``).
+
+    RoIAlign's weight of cell ``(u, v)`` in bin ``(i, j)`` is this axis' weight of ``u`` in ``i`` times the other
+    axis' of ``v`` in ``j``: each sample's bilinear weights, its clamping at the border and the dropping of
+    samples past it all act on one axis at a time, and a bin averages a grid of samples."""
+    lo, hi = start.to(dtype) * scale, end.to(dtype) * scale
+    length = (hi - lo).clamp_min(1.0)
+    size = length / bins
+    grid = torch.full_like(lo, sampling_ratio) if sampling_ratio > 0 else torch.ceil(length / bins)
+    n = int(grid.max()) if len(grid) else 1
+    k = torch.arange(n, device=lo.device, dtype=dtype)[None, None, :]
+    i = torch.arange(bins, device=lo.device, dtype=dtype)[None, :, None]
+    size, grid = size[:, None, None], grid[:, None, None]
+    pos = lo[:, None, None] + i * size + (k + 0.5) * size / grid  # [B, bins, n] sample positions in cells
+    used = (k < grid) & (pos >= -1) & (pos <= cells)
+    pos = pos.clamp_min(0)
+    low = pos.floor()
+    top = low >= cells - 1
+    low = torch.where(top, torch.full_like(low, cells - 1), low)
+    frac = torch.where(top, torch.zeros_like(pos), pos - low)
+    high = torch.where(top, low, low + 1)
+    out = torch.zeros(len(lo), bins, cells, device=lo.device, dtype=dtype)
+    out.scatter_add_(2, low.long().clamp(0, cells - 1), torch.where(used, (1 - frac) / grid, 0.0))
+    out.scatter_add_(2, high.long().clamp(0, cells - 1), torch.where(used, frac / grid, 0.0))
+    return out
+
+
 class RoILevelGroup(MapGroup):
     """RoI-pooled rows of one FPN level, explained on that level's map through the adjoint of RoIAlign."""
 
@@ -253,6 +284,9 @@ class RoILevelGroup(MapGroup):
         # 2. RoIAlign applies the same spatial weights w(bin, q) to every channel, so with G = dY/dX:
         #    sum_c Phi(adj(G)_c)(q) A_c(q) = sum_bin Phi(w(bin, .))(q) * sum_c G_c(bin) A_c(q).
         #    Smoothing then acts on 49 bin maps instead of 256 channels, and the rest is one matrix product.
+        # 3. RoIAlign's weights are separable (:func:`_roi_axis`), and so is the smoothing: with a smoothing that
+        #    gives its kernels, Phi(w(bin, .)) is an outer product of two small matrices per RoI, and the sum is
+        #    that of a crop (:func:`_separable_weighted`), without the 49 bin maps.
         level = self.explained.detach()
         b, c, ph, pw = grads.shape
         box = self.rois[rows, 1:] * self.spatial_scale
@@ -260,6 +294,21 @@ class RoILevelGroup(MapGroup):
         lo = torch.floor(box[:, [1, 0]]) - 1 - radius  # (y, x)
         hi = torch.floor(box[:, [1, 0]] + extent[:, [1, 0]]) + 3 + radius
         win = Windows.covering(lo, hi, tuple(level.shape[-2:]))
+        kernels = getattr(smooth, "kernels", None) if smooth is not None else (lambda h, w, dtype: None)
+        if kernels is not None:
+            kernel = kernels(*win.size, grads.dtype)
+            rois = self.rois[rows]
+            shift = win.origin.to(rois.dtype) / self.spatial_scale  # (y, x) in model-input pixels, as _adjoint
+            wy = _roi_axis(rois[:, 2] - shift[:, 0], rois[:, 4] - shift[:, 0], self.spatial_scale, ph, win.size[0],
+                           self.sampling_ratio, grads.dtype)
+            wx = _roi_axis(rois[:, 1] - shift[:, 1], rois[:, 3] - shift[:, 1], self.spatial_scale, pw, win.size[1],
+                           self.sampling_ratio, grads.dtype)
+            zero = torch.zeros(b, dtype=torch.int64, device=grads.device)
+            if kernel is not None:
+                wy = torch.bmm(wy, _band(kernel, win.size[0], win.size[0], zero).to(grads.dtype).transpose(1, 2))
+                wx = torch.bmm(wx, _band(kernel, win.size[1], win.size[1], zero).to(grads.dtype).transpose(1, 2))
+            maps = _separable_weighted(grads, wy.transpose(1, 2), wx.transpose(1, 2), win, level)
+            return maps, lambda m: self.to_image(win.scatter(m), rows)
         bins = torch.eye(ph * pw, dtype=grads.dtype, device=grads.device).view(1, ph * pw, ph, pw)
         spread = self._adjoint(bins.expand(b, -1, -1, -1), rows, win.origin, win.size)  # [B, bins, wh, ww]
         kernel = smooth.kernels(*win.size, grads.dtype) if hasattr(smooth, "kernels") else None
