@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import odam.nms.ops as ops
 from odam.heatmaps import pooling_matrix, undefined, unit_vectors, vector_grid
@@ -180,3 +181,16 @@ def test_bfloat16_prepass_at_the_thresholds() -> None:
         for t_iou in (0.5, 1.0):
             coarse = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=True).tolist()
             assert coarse == ops.odam_nms_reference(boxes, scores, vectors, None, t_iou, low, high).tolist()
+
+
+def test_overlaps_are_box_iou_to_the_bit() -> None:
+    g = torch.Generator().manual_seed(0)
+    xy = (torch.rand(300, 2, generator=g) * 100).round()  # on a grid, so boxes touch, nest and repeat
+    wh = (torch.rand(300, 2, generator=g) * 30).round()  # some of zero width or height (IoU 0 / 0)
+    boxes = torch.cat([xy, xy + wh], 1)
+    overlaps = ops._Overlaps(boxes)
+    for rows, cols in [(slice(0, 64), slice(64, 300)), (torch.tensor([5, 3, 7]), torch.arange(300)),
+                       (slice(10, 20), torch.tensor([299, 0, 11]))]:
+        expected = torchvision.ops.box_iou(boxes[rows], boxes[cols])
+        torch.testing.assert_close(overlaps(rows, cols), expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(overlaps(slice(0, 300), slice(0, 300))).any()  # the degenerate case was there

@@ -120,6 +120,7 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     # Everything in visit order once, so that a run of later candidates is a view, not a copy.
     unit = unit_vectors(vectors.to(boxes.device), centred, rows=order)
     b = boxes.float()[order]
+    overlaps = _Overlaps(b)
     labels = None if idxs is None else idxs[order]
     if coarse is None:
         coarse = _coarse_pays(unit)
@@ -127,7 +128,7 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     margin = _coarse_margin(unit.shape[1])
 
     def duplicate(rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
-        iou = box_iou(b[rows], b[cols])
+        iou = overlaps(rows, cols)
         threshold = torch.where(iou >= iou_threshold, low, high)  # corr must exceed it
         if rough is None:
             corr = unit[rows] @ unit[cols].T
@@ -140,6 +141,25 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
         return dup if labels is None else dup & (labels[rows][:, None] == labels[cols][None])
 
     return order[_greedy_sorted(len(order), duplicate, order.device)]
+
+
+class _Overlaps:
+    """``torchvision.ops.box_iou`` of two runs of the same boxes ``Tensor[N, 4]``, by the same operations (so the
+    same floats), with each coordinate and area stored once as a column: a block's IoU rows then work on
+    ``[R, C]`` planes instead of ``[R, C, 2]`` pairs and never recompute an area (a tenth of Odam-NMS's time when
+    nothing is suppressed)."""
+
+    def __init__(self, boxes: Tensor) -> None:
+        self.x1, self.y1, self.x2, self.y2 = boxes.T.contiguous()
+        self.area = (self.x2 - self.x1) * (self.y2 - self.y1)
+
+    def __call__(self, rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
+        w = (torch.minimum(self.x2[rows, None], self.x2[None, cols])
+             - torch.maximum(self.x1[rows, None], self.x1[None, cols])).clamp_(min=0)
+        h = (torch.minimum(self.y2[rows, None], self.y2[None, cols])
+             - torch.maximum(self.y1[rows, None], self.y1[None, cols])).clamp_(min=0)
+        inter = w.mul_(h)
+        return inter / (self.area[rows, None] + self.area[None, cols] - inter)
 
 
 def _coarse_margin(dim: int) -> float:
