@@ -134,6 +134,27 @@ def test_uneven_or_oblong_heads_keep_the_clipped_crops() -> None:
     assert not detector._even_reach(radius)
 
 
+def test_convolutions_of_their_own_keep_the_clipped_crops() -> None:
+    # _valid_convs runs a plain F.conv2d in place of each convolution's forward: a subclass's or an instance's own
+    # forward (weight standardisation, adapters), or padding other than zeros, must keep the path that runs it
+    class Standardised(torch.nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    detector = odam.wrap_detector(build("fcos_resnet50_fpn"))
+    radius = detector._receptive_radius(frozen_norm=True)
+    conv = detector.model.head.classification_head.conv[0]
+    conv.__class__ = Standardised
+    assert not detector._even_reach(radius)
+    conv.__class__ = torch.nn.Conv2d
+    assert detector._even_reach(radius)
+    conv.forward = lambda x: torch.nn.Conv2d.forward(conv, x)
+    assert not detector._even_reach(radius)
+    del conv.forward
+    conv.padding_mode = "reflect"
+    assert not detector._even_reach(radius)
+
+
 @pytest.mark.parametrize("sampling_ratio", [2, 0, 1])
 @pytest.mark.parametrize("scale", [0.25, 0.125])
 def test_roi_axis_weights_are_roi_aligns(sampling_ratio: int, scale: float) -> None:

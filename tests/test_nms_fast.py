@@ -156,8 +156,34 @@ def test_bfloat16_prepass_keeps_the_float32_set(seed: int, monkeypatch: pytest.M
 @pytest.mark.parametrize("dim", [16, 400, 2500, 10000])
 def test_coarse_margin_bounds_the_bfloat16_error(dim: int) -> None:
     unit = unit_vectors(torch.rand(200, dim, generator=torch.Generator().manual_seed(dim)), centred=False)
-    error = ((unit.bfloat16() @ unit.bfloat16().T).double() - unit.double() @ unit.double().T).abs().max()
-    assert error <= ops._coarse_margin(dim)
+    exact = unit.double() @ unit.double().T
+    rough = unit.bfloat16()
+    for rows, cols in [(slice(None), slice(None)), (slice(0, 1), slice(None)), (slice(None), slice(0, 1)),
+                       (slice(3, 67), slice(67, None))]:  # one row, one column, a block: every kernel's shape
+        error = ((rough[rows] @ rough[cols].T).double() - exact[rows, cols]).abs().max()
+        assert error <= ops._coarse_margin(dim)
+
+
+def test_bfloat16_prepass_with_every_pair_near_a_threshold() -> None:
+    # maps of one look (correlations 0.80 +- 0.004) and T^h inside that spread: every row needs float32
+    g = torch.Generator().manual_seed(3)
+    vectors = torch.rand(1, 2500, generator=g) + 0.5 * torch.rand(300, 2500, generator=g)
+    xy = torch.rand(300, 2, generator=g) * 5000
+    boxes = torch.cat([xy, xy + 20], 1)
+    scores = torch.rand(300, generator=g)
+    corr = unit_vectors(vectors) @ unit_vectors(vectors).T
+    high = float(corr[~torch.eye(300, dtype=torch.bool)].median())
+    exact = ops._odam(boxes, scores, vectors, None, 0.5, 0.2, high, True, coarse=False)
+    assert 1 < len(exact) < 299
+    assert ops._odam(boxes, scores, vectors, None, 0.5, 0.2, high, True, coarse=True).tolist() == exact.tolist()
+
+
+def test_bfloat16_prepass_only_with_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    many = torch.zeros(ops._COARSE_FROM, 8)
+    assert not ops._coarse_pays(many[:-1])
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not torch.backends.mkldnn.enabled
+    assert not ops._coarse_pays(many)
 
 
 @pytest.mark.parametrize("dim", [16, 256, 4096])

@@ -366,6 +366,9 @@ class OneStageAdapter(DetectorAdapter):
                          for m in branch.modules() if isinstance(m, nn.Conv2d))
             if not square:  # crops must shrink alike on both axes
                 return False
+            if any(type(m).forward is not nn.Conv2d.forward or "forward" in vars(m) or m.padding_mode != "zeros"
+                   for m in (self.model.head.modules()) if isinstance(m, nn.Conv2d)):
+                return False  # _valid_convs replaces forward by a plain F.conv2d: only for plain convolutions
             tower = receptive_radius(convs, ())
             outputs = [m for m in branch.children() if m is not branch.conv]
             if tower is None or any(not isinstance(m, nn.Conv2d) or tower + (receptive_radius([m], ()) or 0) != radius

@@ -17,8 +17,9 @@ next 64 candidates still alive. :func:`odam_nms` first decides a block among its
 the kept ones' rows go against the later candidates still alive (one matrix product of unit vectors per block),
 so no suppressed candidate ever gets a row. On a CPU whose oneDNN has bfloat16 (from 256 candidates on), the
 products go through bfloat16 first, at half the cost of float32 ones; each pair that bfloat16's rounding could have
-put on the wrong side of its threshold (within :func:`_coarse_margin`, a proven bound, 0.016 for 2500 cells) gets
-its float32 dot product, so the kept set is float32's.
+put on the wrong side of its threshold (within :func:`_coarse_margin`, a proven bound, 0.016 for 2500 cells) has
+its row recomputed in float32, so the kept set is float32's, up to pairs within float32 rounding of a threshold
+(which any two float32 passes of different shapes, the reference's included, may already decide differently).
 FeatureNMS's pass computes the block's rows against every later candidate still alive at once; a member suppressed
 within its own block wastes its row there.
 The ``batched_*`` variants never let boxes of different classes suppress each other.
@@ -129,14 +130,14 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
 
     def duplicate(rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
         iou = overlaps(rows, cols)
-        threshold = torch.where(iou >= iou_threshold, low, high)  # corr must exceed it
+        threshold = torch.where(iou >= iou_threshold, iou.new_tensor(low), iou.new_tensor(high))  # corr must exceed
         if rough is None:
             corr = unit[rows] @ unit[cols].T
-        else:  # bfloat16 products, then float32 for the pairs the rounding could have put on the wrong side
+        else:  # bfloat16 products, then float32 rows where the rounding could have put a pair on the wrong side
             corr = (rough[rows] @ rough[cols].T).float()
-            r, c = torch.nonzero((corr - threshold).abs() <= margin, as_tuple=True)
-            if len(r):
-                corr[r, c] = (unit[rows][r] * unit[cols][c]).sum(1)
+            unsure = ((corr - threshold).abs() <= margin).any(1)
+            if bool(unsure.any()):  # whole rows: one product, however many pairs sit near a threshold
+                corr[unsure] = unit[rows][unsure] @ unit[cols].T
         dup = corr > threshold
         return dup if labels is None else dup & (labels[rows][:, None] == labels[cols][None])
 
@@ -181,6 +182,8 @@ def _coarse_pays(unit: Tensor) -> bool:
     products are not what bounds it."""
     if unit.device.type != "cpu" or len(unit) < _COARSE_FROM:
         return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False  # bfloat16 products without oneDNN: 2.5x float32's
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
