@@ -76,7 +76,7 @@ def suppression_times(n: int, repeats: int, device: torch.device) -> list[dict]:
         boxes, scores, vectors = (t.to(device) for t in data)
         fns: dict[str, Callable] = {
             "odam_nms": lambda b=boxes, s=scores, v=vectors: odam_nms(b, s, v),
-            "float32": lambda b=boxes, s=scores, v=vectors: ops._odam(b, s, v, None, 0.5, 0.2, 0.8, True, coarse=False),
+            "float32": lambda b=boxes, s=scores, v=vectors: odam_nms(b, s, v, prepass=False),
             "previous": lambda b=boxes, s=scores, v=vectors: ops.odam_nms_reference(b, s, v),
             "torchvision": lambda b=boxes, s=scores: torchvision.ops.nms(b, s, 0.5),
         }
@@ -92,7 +92,7 @@ def suppression_times(n: int, repeats: int, device: torch.device) -> list[dict]:
                     keep = out
                 elif k in ("previous", "float32") and out.tolist() != keep.tolist():
                     raise AssertionError(f"{name}: odam_nms and {k} keep different sets")
-        coarse = ops._coarse_pays(vectors)
+        coarse = ops.prepass_pays(n, device)
         rows.append({"case": name, "n": n, "kept": len(keep), "coarse": coarse,
                      **{k: 1000 * statistics.median(v[1:]) for k, v in times.items()}})
     return rows

@@ -142,15 +142,15 @@ def test_bfloat16_prepass_keeps_the_float32_set(seed: int, monkeypatch: pytest.M
     cases = [_bench_like(seed, 1000, True), _bench_like(seed, 1000, False), _near_thresholds(seed)]
     for boxes, scores, vectors in cases:
         for t_iou, low, high in [(0.5, 0.2, 0.8), (0.3, 0.0, 0.5), (0.7, 0.5, 0.95)]:
-            exact = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=False)
-            coarse = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=True)
+            exact = odam_nms(boxes, scores, vectors, t_iou, low, high, prepass=False)
+            coarse = odam_nms(boxes, scores, vectors, t_iou, low, high, prepass=True)
             assert coarse.tolist() == exact.tolist() == ops.odam_nms_reference(
                 boxes, scores, vectors, None, t_iou, low, high).tolist(), (t_iou, low, high)
     # the data needs the float32 second look: without its margin, bfloat16 alone decides some pairs wrongly
     boxes, scores, vectors = _near_thresholds(seed)
-    exact = ops._odam(boxes, scores, vectors, None, 0.5, 0.2, 0.8, True, coarse=False)
+    exact = odam_nms(boxes, scores, vectors, 0.5, 0.2, 0.8, prepass=False)
     monkeypatch.setattr(ops, "_coarse_margin", lambda dim: 0.0)
-    assert ops._odam(boxes, scores, vectors, None, 0.5, 0.2, 0.8, True, coarse=True).tolist() != exact.tolist()
+    assert odam_nms(boxes, scores, vectors, 0.5, 0.2, 0.8, prepass=True).tolist() != exact.tolist()
 
 
 @pytest.mark.parametrize("dim", [16, 400, 2500, 10000])
@@ -173,17 +173,17 @@ def test_bfloat16_prepass_with_every_pair_near_a_threshold() -> None:
     scores = torch.rand(300, generator=g)
     corr = unit_vectors(vectors) @ unit_vectors(vectors).T
     high = float(corr[~torch.eye(300, dtype=torch.bool)].median())
-    exact = ops._odam(boxes, scores, vectors, None, 0.5, 0.2, high, True, coarse=False)
+    exact = odam_nms(boxes, scores, vectors, 0.5, 0.2, high, prepass=False)
     assert 1 < len(exact) < 299
-    assert ops._odam(boxes, scores, vectors, None, 0.5, 0.2, high, True, coarse=True).tolist() == exact.tolist()
+    assert odam_nms(boxes, scores, vectors, 0.5, 0.2, high, prepass=True).tolist() == exact.tolist()
 
 
 def test_bfloat16_prepass_only_with_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
     many = torch.zeros(ops._COARSE_FROM, 8)
-    assert not ops._coarse_pays(many[:-1])
+    assert not ops.prepass_pays(len(many) - 1)
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert not torch.backends.mkldnn.enabled
-    assert not ops._coarse_pays(many)
+    assert not ops.prepass_pays(len(many))
 
 
 @pytest.mark.parametrize("dim", [16, 256, 4096])
@@ -205,7 +205,7 @@ def test_bfloat16_prepass_at_the_thresholds() -> None:
     scores = torch.linspace(1, 0, 200)
     for low, high in [(0.75, 0.75), (0.74, 0.76), (0.0, 1.0), (-0.01, 0.75), (0.75, 1.0)]:
         for t_iou in (0.5, 1.0):
-            coarse = ops._odam(boxes, scores, vectors, None, t_iou, low, high, True, coarse=True).tolist()
+            coarse = odam_nms(boxes, scores, vectors, t_iou, low, high, prepass=True).tolist()
             assert coarse == ops.odam_nms_reference(boxes, scores, vectors, None, t_iou, low, high).tolist()
 
 

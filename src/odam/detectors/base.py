@@ -172,7 +172,9 @@ class Windows:
         limit = torch.tensor([h - size[0], w - size[1]], device=lo.device, dtype=lo.dtype)
         return cls(torch.minimum(lo.clamp_min(0), limit).to(torch.int64), size, grid)
 
-    def _index(self) -> tuple[Tensor, Tensor, Tensor]:
+    def index(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(items [B, 1, 1], ys [B, h, 1], xs [B, 1, w])``: broadcastable indices of every window's cells in the
+        grid, for ``grid[items, ys, xs]`` (what :meth:`gather` and :meth:`scatter` use)."""
         ys = self.origin[:, :1] + torch.arange(self.size[0], device=self.origin.device)
         xs = self.origin[:, 1:] + torch.arange(self.size[1], device=self.origin.device)
         items = torch.arange(len(self.origin), device=self.origin.device)
@@ -180,7 +182,7 @@ class Windows:
 
     def gather(self, grid: Tensor) -> Tensor:
         """``Tensor[B, C, *size]`` cut from ``grid`` (``Tensor[1 or B, C, h, w]``)."""
-        items, ys, xs = self._index()
+        items, ys, xs = self.index()
         source = grid.permute(0, 2, 3, 1)  # [1 or B, h, w, C]
         items = items if grid.shape[0] > 1 else torch.zeros_like(items)
         return source[items, ys, xs].permute(0, 3, 1, 2)
@@ -189,10 +191,10 @@ class Windows:
         """Zeros of shape ``[B, (C,) h, w]`` with ``values`` (``Tensor[B, (C,) *size]``) in each window."""
         if values.ndim == 4:
             out = values.new_zeros(len(values), *self.grid, values.shape[1])
-            out[self._index()] = values.permute(0, 2, 3, 1)
+            out[self.index()] = values.permute(0, 2, 3, 1)
             return out.permute(0, 3, 1, 2)
         out = values.new_zeros(len(values), *self.grid)
-        out[self._index()] = values
+        out[self.index()] = values
         return out
 
     def __getitem__(self, rows: Tensor) -> Windows:

@@ -159,7 +159,7 @@ def _separable_weighted(grads: Tensor, my: Tensor, mx: Tensor, win: Windows, lev
     b, c, sy, sx = grads.shape
     wy, wx = win.size
     t = torch.bmm(my, grads.permute(0, 2, 3, 1).reshape(b, sy, sx * c)).view(b * wy, sx, c)  # (M_y g)[i, q, c]
-    _, ys, xs = win._index()
+    _, ys, xs = win.index()
     a = level[0].permute(1, 2, 0)[ys.expand(-1, -1, wx), xs.expand(-1, wy, -1)]  # [B, wy, wx, C]
     w = torch.bmm(a.reshape(b * wy, wx, c), t.transpose(1, 2)).view(b, wy, wx, sx)
     return (w * mx[:, None]).sum(-1)

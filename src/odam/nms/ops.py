@@ -44,7 +44,7 @@ from torchvision.ops import nms as _torchvision_nms
 from odam.heatmaps import unit_vectors
 
 _BLOCK = 64
-_COARSE_FROM = 256  # candidates from which odam_nms tries the bfloat16 pre-pass (_coarse_pays)
+_COARSE_FROM = 256  # candidates from which odam_nms tries the bfloat16 pre-pass (prepass_pays)
 SOFT_METHODS = ("gaussian", "linear")
 
 
@@ -66,7 +66,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5) -> Tensor:
 
 
 def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: float = 0.5, low: float = 0.2,
-             high: float = 0.8, *, centred: bool = True) -> Tensor:
+             high: float = 0.8, *, centred: bool = True, prepass: bool | None = None) -> Tensor:
     """Odam-NMS (Algorithm 1): suppress by box IoU *and* heat-map correlation.
 
     A candidate is a duplicate of a kept box when IoU >= ``iou_threshold`` and corr > ``low`` (overlapping and
@@ -81,6 +81,8 @@ def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: floa
         iou_threshold: ``T_iou``.
         low, high: ``T^l`` and ``T^h``; the paper's defaults.
         centred: Pearson correlation (the default); ``False`` compares by plain cosine.
+        prepass: the bfloat16 pre-pass (module docstring): ``None`` where it pays (:func:`prepass_pays`),
+            ``False`` float32 products only, ``True`` always. The kept set is the same either way.
 
     Returns:
         ``Tensor[K]`` int64: the kept indices, by descending score.
@@ -93,11 +95,12 @@ def odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, iou_threshold: floa
         >>> odam_nms(boxes, torch.tensor([0.9, 0.8, 0.7, 0.6]), maps.flatten(1)).tolist()
         [0, 1]
     """
-    return _odam(boxes, scores, vectors, None, iou_threshold, low, high, centred)
+    return _odam(boxes, scores, vectors, None, iou_threshold, low, high, centred, prepass=prepass)
 
 
 def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor, iou_threshold: float = 0.5,
-                     low: float = 0.2, high: float = 0.8, *, centred: bool = True) -> Tensor:
+                     low: float = 0.2, high: float = 0.8, *, centred: bool = True,
+                     prepass: bool | None = None) -> Tensor:
     """:func:`odam_nms` within each class ``idxs`` (``Tensor[N]`` int64); boxes of different classes never
     suppress each other.
 
@@ -107,13 +110,12 @@ def batched_odam_nms(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tenso
         [0, 1]
     """
     _check(boxes, scores, idxs)
-    return _odam(boxes, scores, vectors, idxs, iou_threshold, low, high, centred)
+    return _odam(boxes, scores, vectors, idxs, iou_threshold, low, high, centred, prepass=prepass)
 
 
 def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, iou_threshold: float, low: float,
-          high: float, centred: bool, *, coarse: bool | None = None) -> Tensor:
-    """The pass of :func:`odam_nms`; ``coarse`` forces the bfloat16 pre-pass on or off (``None``: where it pays,
-    see :func:`_coarse_pays`)."""
+          high: float, centred: bool, *, prepass: bool | None = None) -> Tensor:
+    """The pass of :func:`odam_nms` and :func:`batched_odam_nms`."""
     _check(boxes, scores)
     if vectors.ndim != 2 or len(vectors) != len(boxes):
         raise ValueError(f"expected vectors of shape [{len(boxes)}, D], got {tuple(vectors.shape)}")
@@ -123,9 +125,9 @@ def _odam(boxes: Tensor, scores: Tensor, vectors: Tensor, idxs: Tensor | None, i
     b = boxes.float()[order]
     overlaps = _Overlaps(b)
     labels = None if idxs is None else idxs[order]
-    if coarse is None:
-        coarse = _coarse_pays(unit)
-    rough = unit.bfloat16() if coarse else None
+    if prepass is None:
+        prepass = prepass_pays(len(unit), unit.device)
+    rough = unit.bfloat16() if prepass else None
     margin = _coarse_margin(unit.shape[1])
 
     def duplicate(rows: Tensor | slice, cols: Tensor | slice) -> Tensor:
@@ -175,12 +177,17 @@ def _coarse_margin(dim: int) -> float:
     return 2.0 ** -6 + dim * 2.0 ** -23
 
 
-def _coarse_pays(unit: Tensor) -> bool:
-    """Whether the bfloat16 pre-pass is faster than float32 products here: on a CPU whose oneDNN has bfloat16
-    (AVX-512 or AMX: half the time of float32 for 1000 x 2500 vectors, one thread) and for enough candidates to
-    repay rounding them. Elsewhere bfloat16 products can be far slower than float32 ones, and a GPU's float32
-    products are not what bounds it."""
-    if unit.device.type != "cpu" or len(unit) < _COARSE_FROM:
+def prepass_pays(candidates: int, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`odam_nms` takes the bfloat16 pre-pass by default: on a CPU whose oneDNN is enabled and has
+    bfloat16 (AVX-512 or AMX: half the time of float32 for 1000 x 2500 vectors, one thread), from 256 candidates on
+    (enough to repay rounding them). Elsewhere bfloat16 products can be far slower than float32 ones, and a GPU's
+    float32 products are not what bounds it.
+
+    Example:
+        >>> prepass_pays(10), prepass_pays(1000, "meta")
+        (False, False)
+    """
+    if torch.device(device).type != "cpu" or candidates < _COARSE_FROM:
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False  # bfloat16 products without oneDNN: 2.5x float32's
